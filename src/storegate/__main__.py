@@ -1,0 +1,5 @@
+"""`python -m storegate` runs the command line."""
+
+from storegate.cli.main import main
+
+raise SystemExit(main())

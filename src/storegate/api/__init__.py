@@ -1,0 +1,1 @@
+"""HTTP only: parse, call the service, serialize. No SQL, no backend calls."""

@@ -1,0 +1,35 @@
+"""What handlers reach through the application: the services, built once in create_app."""
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from storegate.backends import Router
+from storegate.service import Chat, StoredCompletions
+from storegate.store import Store
+
+DEFAULT_PROJECT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    chat: Chat
+    stored: StoredCompletions
+    router: Router
+    store: Store
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def project(request: web.Request) -> str:
+    value = request.get("project", DEFAULT_PROJECT)
+    return value if isinstance(value, str) else DEFAULT_PROJECT
+
+
+def request_id(request: web.Request) -> str:
+    return str(request["request_id"])

@@ -1,0 +1,74 @@
+"""Every response gets an x-request-id; every failure leaves as OpenAI's error envelope; one JSON
+log line per request (method, path, status, duration: never headers or bodies, so never a key)."""
+
+import logging
+import secrets
+import time
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from storegate.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    StoregateError,
+    envelope,
+)
+
+log = logging.getLogger("storegate.access")
+JSON = "application/json"
+
+
+def error_response(exc: StoregateError) -> web.Response:
+    return web.Response(status=exc.status, body=exc.body(), content_type=JSON, headers=exc.headers)
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> StoregateError:
+    where = f"{request.method} {request.path}"
+    if exc.status == 404:
+        return NotFound(f"Invalid URL ({where})")
+    if exc.status == 405:
+        return MethodNotAllowed(f"Invalid method for URL ({where})", code="method_not_supported")
+    if exc.status == 413:
+        limit = request.app._client_max_size
+        return PayloadTooLarge(
+            f"Request body too large: the limit is {limit} bytes.", code="request_too_large"
+        )
+    error = InvalidRequest(exc.reason or "Bad request")
+    error.status = exc.status
+    return error
+
+
+@web.middleware
+async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request["request_id"] = "req_" + secrets.token_hex(16)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except StoregateError as exc:
+        status = exc.status
+        return error_response(exc)
+    except web.HTTPException as exc:
+        error = _from_http(exc, request)
+        status = error.status
+        return error_response(error)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        body = envelope("The server had an error while processing your request.", "server_error")
+        return web.Response(status=500, body=body, content_type=JSON)
+    finally:
+        if log.isEnabledFor(logging.INFO):
+            log.info(orjson.dumps({
+                "request_id": request["request_id"], "method": request.method, "path": request.path,
+                "status": status, "ms": round((time.perf_counter() - started) * 1000, 2),
+            }).decode())  # fmt: skip
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["x-request-id"] = request.get("request_id") or "req_" + secrets.token_hex(16)

@@ -1,0 +1,92 @@
+"""The routes of the contract; handlers are named after OpenAI's operationIds."""
+
+import asyncio
+
+from aiohttp import web
+
+from storegate.api.context import project, request_id, services
+from storegate.api.middleware import JSON, error_response
+from storegate.errors import StoregateError
+from storegate.service import ChatStream, list_models
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type=JSON)
+
+
+async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    result = await services(request).chat.create(
+        raw, project=project(request), request_id=request_id(request)
+    )
+    if isinstance(result, bytes):
+        return _json(result)
+    return await _send_stream(request, result)
+
+
+async def _send_stream(request: web.Request, stream: ChatStream) -> web.StreamResponse:
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    frames = stream.frames()
+    try:
+        await response.prepare(request)
+        async for frame in frames:
+            await response.write(frame)
+    except (ConnectionError, asyncio.CancelledError):
+        await frames.aclose()
+        await stream.abandon()
+        raise
+    await response.write_eof()
+    return response
+
+
+async def list_chat_completions(request: web.Request) -> web.Response:
+    return _json(await services(request).stored.list(project(request), list(request.query.items())))
+
+
+async def get_chat_completion(request: web.Request) -> web.Response:
+    return _json(await services(request).stored.get(project(request), request.match_info["completion_id"]))
+
+
+async def update_chat_completion(request: web.Request) -> web.Response:
+    cid = request.match_info["completion_id"]
+    return _json(await services(request).stored.update(project(request), cid, await request.read()))
+
+
+async def delete_chat_completion(request: web.Request) -> web.Response:
+    return _json(await services(request).stored.delete(project(request), request.match_info["completion_id"]))
+
+
+async def get_chat_completion_messages(request: web.Request) -> web.Response:
+    cid = request.match_info["completion_id"]
+    return _json(await services(request).stored.messages(project(request), cid, list(request.query.items())))
+
+
+async def list_models_route(request: web.Request) -> web.Response:
+    return _json(await list_models(services(request).router))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json(b'{"status":"ok"}')
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await services(request).store.ping()
+    except StoregateError as exc:
+        return error_response(exc)
+    return _json(b'{"status":"ready"}')
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", create_chat_completion)
+    app.router.add_get("/v1/chat/completions", list_chat_completions, allow_head=False)
+    app.router.add_get("/v1/chat/completions/{completion_id}", get_chat_completion, allow_head=False)
+    app.router.add_post("/v1/chat/completions/{completion_id}", update_chat_completion)
+    app.router.add_delete("/v1/chat/completions/{completion_id}", delete_chat_completion)
+    app.router.add_get("/v1/chat/completions/{completion_id}/messages", get_chat_completion_messages,
+                       allow_head=False)  # fmt: skip
+    app.router.add_get("/v1/models", list_models_route, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)

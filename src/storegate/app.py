@@ -1,0 +1,43 @@
+"""create_app(settings) -> the aiohttp application: wires store, backends, services and routes.
+
+Nothing global: the store and the backends' pools open on start-up and close on clean-up.
+"""
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from storegate.api.context import SERVICES, Services
+from storegate.api.middleware import add_request_id, handle
+from storegate.api.routes import add_routes
+from storegate.backends import Backend, Router
+from storegate.service import Chat, StoredCompletions
+from storegate.settings import Settings
+from storegate.store import open_store
+
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[handle])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_lifespan)
+    app.on_response_prepare.append(add_request_id)
+    add_routes(app)
+    return app
+
+
+async def _lifespan(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = await open_store(settings)
+    router = Router([
+        Backend(config, connect_timeout=settings.backend_connect_timeout, read_timeout=settings.backend_read_timeout)
+        for config in settings.backends
+    ])  # fmt: skip
+    chat = Chat(store, router, store_default=settings.store_default)
+    app[SERVICES] = Services(chat=chat, stored=StoredCompletions(store), router=router, store=store)
+    try:
+        yield
+    finally:
+        await router.close()
+        await store.close()

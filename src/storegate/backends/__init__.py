@@ -1,0 +1,6 @@
+"""Talking to model servers: routing by model, the pooled HTTP client, error mapping."""
+
+from storegate.backends.client import Backend, Upstream
+from storegate.backends.router import Router
+
+__all__ = ["Backend", "Router", "Upstream"]

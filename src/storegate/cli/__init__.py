@@ -1,0 +1,1 @@
+"""The storegate command."""

@@ -1,0 +1,69 @@
+"""`storegate serve`: parse flags into Settings and run the server until SIGINT or SIGTERM."""
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from storegate import __version__
+from storegate.settings import ConfigError, Settings, from_sources
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="storegate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"storegate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--db", help="database URL, e.g. sqlite:///./storegate.db (the default)")
+    serve.add_argument("--backend", dest="backend_url", help="backend base URL including /v1")
+    serve.add_argument("--backend-key", help="API key storegate sends to that backend")
+    serve.add_argument("--config", help="TOML file with [[backends]] tables")
+    serve.add_argument("--store-default", action="store_const", const=True,
+                       help="store completions whose request does not say `store`")  # fmt: skip
+    serve.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 16 MiB)")
+    serve.add_argument("--backend-connect-timeout", type=float, help="seconds to connect to a backend")
+    serve.add_argument("--backend-read-timeout", type=float,
+                       help="seconds to wait for a backend's first byte and between stream chunks")  # fmt: skip
+    serve.add_argument("--sqlite-synchronous", help="SQLite synchronous pragma: FULL (default) or NORMAL")
+    serve.add_argument("--log-level", default=os.environ.get("STOREGATE_LOG_LEVEL", "INFO"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    try:
+        settings = from_sources(vars(args), os.environ)
+    except ConfigError as exc:
+        print(f"storegate: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    from aiohttp import web
+
+    from storegate.app import create_app
+
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    log = logging.getLogger("storegate")
+    log.info("storegate %s on http://%s:%d, store %s", __version__, settings.host, settings.port,
+             settings.db)  # fmt: skip
+    try:
+        web.run_app(create_app(settings), host=settings.host, port=settings.port, loop=loop, print=None,
+                    access_log=None, handler_cancellation=True, shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
+    except ConfigError as exc:
+        print(f"storegate: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,116 @@
+"""Rebuild the `chat.completion` a non-streamed call returns from a stream's chunks.
+
+Deltas merge the way the openai SDK merges them: strings concatenate, objects merge, lists extend,
+tool calls merge by their `index`. Identity keys (role, id, type) keep their first value.
+"""
+
+from typing import Any
+
+_FIRST_WINS = frozenset({"role", "id", "type", "index"})
+
+
+class Reassembly:
+    def __init__(self) -> None:
+        self.chunks = 0
+        self._top: dict[str, Any] = {}
+        self._usage: Any = None
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.chunks += 1
+        for key in ("model", "service_tier", "system_fingerprint"):
+            if chunk.get(key) is not None:
+                self._top[key] = chunk[key]
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if isinstance(choice, dict):
+                self._add_choice(choice)
+
+    def _add_choice(self, choice: dict[str, Any]) -> None:
+        index = choice.get("index")
+        state = self._choices.setdefault(
+            index if isinstance(index, int) else 0,
+            {"message": {}, "tool_calls": {}, "logprobs": None, "finish_reason": None},
+        )
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    position = call.get("index")
+                    slot = state["tool_calls"].setdefault(
+                        position if isinstance(position, int) else len(state["tool_calls"]), {}
+                    )
+                    merge(slot, {k: v for k, v in call.items() if k != "index"})
+            merge(state["message"], {k: v for k, v in delta.items() if k != "tool_calls"})
+        if choice.get("finish_reason") is not None:
+            state["finish_reason"] = choice["finish_reason"]
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict):
+            if state["logprobs"] is None:
+                state["logprobs"] = {"content": None, "refusal": None}
+            merge(state["logprobs"], logprobs)
+
+    def result(self, completion_id: str, created: int, incomplete_reason: str | None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": self._top.get("model", ""),
+            "choices": [self._choice(i, incomplete_reason is not None) for i in sorted(self._choices)],
+        }
+        if self._usage is not None:
+            doc["usage"] = self._usage
+        for key in ("service_tier", "system_fingerprint"):
+            if key in self._top:
+                doc[key] = self._top[key]
+        if incomplete_reason is not None:
+            doc["incomplete_details"] = {"reason": incomplete_reason}
+        return doc
+
+    def _choice(self, index: int, incomplete: bool) -> dict[str, Any]:
+        state = self._choices[index]
+        rest = dict(state["message"])
+        message: dict[str, Any] = {
+            "role": rest.pop("role", None) or "assistant",
+            "content": rest.pop("content", None),
+            "refusal": rest.pop("refusal", None),
+        }
+        calls = state["tool_calls"]
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        if message["content"] == "" and (calls or message["refusal"]):
+            message["content"] = None
+        message.update({k: v for k, v in rest.items() if v is not None})
+        finish = state["finish_reason"]
+        if finish is None:
+            # The spec requires one of its reasons: a cut-short choice reads as truncated output.
+            finish = "length" if incomplete else "stop"
+        return {"index": index, "message": message, "logprobs": state["logprobs"], "finish_reason": finish}
+
+
+def merge(acc: dict[str, Any], delta: dict[str, Any]) -> None:
+    for key, value in delta.items():
+        current = acc.get(key)
+        if value is None:
+            acc.setdefault(key, None)
+        elif current is None:
+            acc[key] = _copy(value)
+        elif key in _FIRST_WINS:
+            continue
+        elif isinstance(current, str) and isinstance(value, str):
+            acc[key] = current + value
+        elif isinstance(current, dict) and isinstance(value, dict):
+            merge(current, value)
+        elif isinstance(current, list) and isinstance(value, list):
+            current.extend(value)
+        else:
+            acc[key] = _copy(value)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value

@@ -1,0 +1,151 @@
+"""Every setting, its environment variable and its default; the config file's backends.
+
+Settings are built once (from flags, environment and file) and passed down; nothing reads the
+environment after start-up.
+"""
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+class ConfigError(ValueError):
+    """A setting or the config file is wrong; the command exits with this message."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """One model backend. `models` lists the models it serves (glob patterns allowed); None serves
+    any model no other backend claims. `pass_store` forwards `store` and `metadata` to it."""
+
+    name: str
+    url: str
+    key: str | None = None
+    models: tuple[str, ...] | None = None
+    pass_store: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata={"env": "STOREGATE_HOST"})
+    port: int = field(default=8000, metadata={"env": "STOREGATE_PORT"})
+    db: str = field(default="sqlite:///./storegate.db", metadata={"env": "STOREGATE_DB"})
+    backend_url: str | None = field(default=None, metadata={"env": "STOREGATE_BACKEND_URL"})
+    backend_key: str | None = field(default=None, metadata={"env": "STOREGATE_BACKEND_KEY"})
+    config: str | None = field(default=None, metadata={"env": "STOREGATE_CONFIG"})
+    store_default: bool = field(default=False, metadata={"env": "STOREGATE_STORE_DEFAULT"})
+    max_body_bytes: int = field(default=16 * 1024 * 1024, metadata={"env": "STOREGATE_MAX_BODY_BYTES"})
+    backend_connect_timeout: float = field(
+        default=10.0, metadata={"env": "STOREGATE_BACKEND_CONNECT_TIMEOUT"}
+    )
+    backend_read_timeout: float = field(default=600.0, metadata={"env": "STOREGATE_BACKEND_READ_TIMEOUT"})
+    sqlite_synchronous: str = field(default="FULL", metadata={"env": "STOREGATE_SQLITE_SYNCHRONOUS"})
+    write_queue_max: int = field(default=10_000, metadata={"env": "STOREGATE_WRITE_QUEUE_MAX"})
+    shutdown_timeout: float = field(default=30.0, metadata={"env": "STOREGATE_SHUTDOWN_TIMEOUT"})
+    backends: tuple[BackendConfig, ...] = ()
+
+    def with_backends(self, environ: Mapping[str, str]) -> "Settings":
+        """Resolve the backends: the config file's, else --backend, else OPENAI_BASE_URL / OpenAI."""
+        if self.config:
+            backends = load_backends(Path(self.config))
+        elif self.backend_url:
+            backends = (BackendConfig(name="default", url=self.backend_url, key=self.backend_key),)
+        else:
+            url = environ.get("OPENAI_BASE_URL") or OPENAI_URL
+            backends = (BackendConfig(name="default", url=url, key=environ.get("OPENAI_API_KEY")),)
+        return _replace(self, backends=backends)
+
+
+def env_var(name: str) -> str | None:
+    for f in fields(Settings):
+        if f.name == name:
+            env = f.metadata.get("env")
+            return str(env) if env else None
+    return None
+
+
+def from_sources(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Flags win over environment variables, which win over defaults."""
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        env = f.metadata.get("env")
+        if overrides.get(f.name) is not None:
+            values[f.name] = overrides[f.name]
+        elif env and env in environ:
+            values[f.name] = _parse(f.name, f.type, environ[env])
+    settings = Settings(**values)
+    if settings.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+        raise ConfigError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+    return settings.with_backends(environ)
+
+
+def _parse(name: str, type_: Any, raw: str) -> Any:
+    kind = getattr(type_, "__name__", str(type_))
+    try:
+        if type_ is bool:
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if type_ is int:
+            return int(raw)
+        if type_ is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env_var(name)}: cannot read {raw!r} as {kind}") from None
+    return raw
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    values = {f.name: getattr(settings, f.name) for f in fields(Settings)}
+    values.update(changes)
+    return Settings(**values)
+
+
+def load_backends(path: Path) -> tuple[BackendConfig, ...]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    entries = doc.get("backends")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: needs at least one [[backends]] table")
+    backends = [_backend(path, i, entry) for i, entry in enumerate(entries)]
+    names = [b.name for b in backends]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: backend names must be unique")
+    return tuple(backends)
+
+
+def _backend(path: Path, index: int, entry: Any) -> BackendConfig:
+    where = f"{path}: backends[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(entry) - {"name", "url", "key", "key_env", "models", "pass_store"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    url = entry.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: url must be an http(s) URL")
+    key = entry.get("key")
+    if "key_env" in entry:
+        key = os.environ.get(str(entry["key_env"]))
+    models = entry.get("models")
+    if models is not None and (
+        not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
+    ):
+        raise ConfigError(f"{where}: models must be a list of model names")
+    pass_store = entry.get("pass_store", False)
+    if not isinstance(pass_store, bool):
+        raise ConfigError(f"{where}: pass_store must be true or false")
+    return BackendConfig(
+        name=str(entry.get("name") or f"backend{index}"),
+        url=url.rstrip("/"),
+        key=key if isinstance(key, str) and key else None,
+        models=tuple(models) if models is not None else None,
+        pass_store=pass_store,
+    )

@@ -1,0 +1,89 @@
+"""The Store protocol every storage backend implements, and the records that cross it.
+
+The store keeps bytes it is given and hands them back; it knows nothing of HTTP or OpenAI's wire
+format beyond the filterable columns named here.
+"""
+
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
+
+Order = Literal["asc", "desc"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class NewCompletion:
+    project: str
+    id: str
+    created: int
+    model: str
+    response_model: str | None
+    backend: str
+    backend_id: str | None
+    incomplete: bool
+    metadata: dict[str, str]
+    body: bytes
+    request: bytes
+    messages: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A stored completion as the store hands it back: its body and its current metadata (JSON)."""
+
+    id: str
+    body: bytes
+    metadata: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    project: str
+    model: str | None
+    metadata: dict[str, str]
+    after: str | None
+    limit: int
+    order: Order
+    id_from: str | None = None
+    id_before: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesQuery:
+    project: str
+    completion_id: str
+    after_index: int | None
+    limit: int
+    order: Order
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+
+
+class Store(Protocol):
+    """Completions by project. Every method raises StoreUnavailable when the store cannot answer."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def insert(self, completion: NewCompletion) -> None:
+        """Returns once the completion is durable."""
+
+    async def get(self, project: str, completion_id: str) -> Row | None: ...
+
+    async def list(self, query: ListQuery) -> Page[Row]: ...
+
+    async def update_metadata(
+        self, project: str, completion_id: str, metadata: dict[str, str]
+    ) -> Row | None: ...
+
+    async def delete(self, project: str, completion_id: str) -> bool: ...
+
+    async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
+        """None when the completion does not exist in the project."""

@@ -1,0 +1,35 @@
+"""Choose and open a store from a database URL."""
+
+from storegate.errors import StoreUnavailable
+from storegate.settings import ConfigError, Settings
+from storegate.store.base import Store
+from storegate.store.sqlite import SQLiteStore
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///rel/path.db` is relative to the working directory, `sqlite:////abs/path.db` absolute."""
+    path = url[len(SQLITE_PREFIX) :]
+    if not path:
+        raise ConfigError(f"no file path in database URL {url!r}")
+    return path
+
+
+def make_store(settings: Settings) -> Store:
+    if settings.db.startswith(SQLITE_PREFIX):
+        return SQLiteStore(
+            sqlite_path(settings.db),
+            synchronous=settings.sqlite_synchronous,
+            queue_max=settings.write_queue_max,
+        )
+    raise ConfigError(f"unsupported database URL {settings.db!r}: use sqlite:///path.db")
+
+
+async def open_store(settings: Settings) -> Store:
+    store = make_store(settings)
+    try:
+        await store.open()
+    except StoreUnavailable as exc:
+        raise ConfigError(exc.message) from exc
+    return store

@@ -1,0 +1,212 @@
+"""The SQLite store: reads run directly on the event loop (fastest, measured); writes go to one
+writer thread in group commits (store/writer.py). WAL mode, so reads never wait for writes.
+"""
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+
+from storegate.errors import StoreUnavailable
+from storegate.store.base import ListQuery, MessagesQuery, NewCompletion, Page, Row
+from storegate.store.migrate import apply_sqlite
+from storegate.store.writer import Writer, WriterOverloaded
+
+_MODEL = "m"
+_META = "k"
+_TAG_INSERT = "INSERT OR IGNORE INTO completion_tags VALUES (?, ?, ?, ?, ?)"
+_TAG_DELETE = (
+    "DELETE FROM completion_tags WHERE project = ? AND kind = ? AND name = ? AND value = ? AND id = ?"
+)
+
+
+class SQLiteStore:
+    def __init__(self, path: str, *, synchronous: str = "FULL", queue_max: int = 10_000) -> None:
+        self._path = path
+        self._synchronous = synchronous.upper()
+        self._writer = Writer(self._connect_writer, queue_max)
+        self._reader: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    async def open(self) -> None:
+        try:
+            conn = self._connect()
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                apply_sqlite(conn)
+            finally:
+                conn.close()
+            self._reader = self._connect()
+            self._reader.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self._path}: {exc}") from exc
+        self._writer.start(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        await self._writer.stop()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    async def ping(self) -> None:
+        with self._reading() as db:
+            db.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
+
+    async def insert(self, completion: NewCompletion) -> None:
+        await self._write(lambda conn: _insert(conn, completion))
+
+    async def get(self, project: str, completion_id: str) -> Row | None:
+        with self._reading() as db:
+            found = db.execute(
+                "SELECT id, body, metadata FROM completions WHERE id = ? AND project = ?",
+                (completion_id, project),
+            ).fetchone()
+        return Row(*found) if found else None
+
+    async def list(self, query: ListQuery) -> Page[Row]:
+        sql, params = _list_sql(query)
+        with self._reading() as db:
+            rows = db.execute(sql, params).fetchall()
+        return Page([Row(*r) for r in rows[: query.limit]], len(rows) > query.limit)
+
+    async def update_metadata(self, project: str, completion_id: str, metadata: dict[str, str]) -> Row | None:
+        result: Row | None = await self._write(lambda conn: _update(conn, project, completion_id, metadata))
+        return result
+
+    async def delete(self, project: str, completion_id: str) -> bool:
+        return bool(await self._write(lambda conn: _delete(conn, project, completion_id)))
+
+    async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
+        cmp = ">" if query.order == "asc" else "<"
+        where = "completion_id = ?" + (f" AND idx {cmp} ?" if query.after_index is not None else "")
+        params: list[Any] = [query.completion_id]
+        if query.after_index is not None:
+            params.append(query.after_index)
+        with self._reading() as db:
+            if not db.execute(
+                "SELECT 1 FROM completions WHERE id = ? AND project = ?", (query.completion_id, query.project)
+            ).fetchone():
+                return None
+            rows = db.execute(
+                f"SELECT idx, item FROM messages WHERE {where} ORDER BY idx {query.order} LIMIT ?",
+                (*params, query.limit + 1),
+            ).fetchall()
+        return Page([(r[0], r[1]) for r in rows[: query.limit]], len(rows) > query.limit)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        if self._reader is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            yield self._reader
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the store could not answer: {exc}") from exc
+
+    async def _write(self, op: Any) -> Any:
+        try:
+            future = self._writer.submit(op)
+        except WriterOverloaded:
+            raise StoreUnavailable("the store is overloaded; retry shortly", retry_after=1) from None
+        try:
+            return await asyncio.shield(future)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the store could not write: {exc}") from exc
+
+
+def _tags(project: str, cid: str, models: set[str], metadata: dict[str, str]) -> list[tuple[str, ...]]:
+    tags: list[tuple[str, ...]] = [(project, _MODEL, "", model, cid) for model in models]
+    tags += [(project, _META, key, value, cid) for key, value in metadata.items()]
+    return tags
+
+
+def _insert(conn: sqlite3.Connection, c: NewCompletion) -> None:
+    conn.execute(
+        "INSERT INTO completions (id, project, created, model, response_model, backend, backend_id,"
+        " incomplete, metadata, body, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (c.id, c.project, c.created, c.model, c.response_model, c.backend, c.backend_id,
+         int(c.incomplete), orjson.dumps(c.metadata), c.body, c.request),
+    )  # fmt: skip
+    models = {c.model} | ({c.response_model} if c.response_model else set())
+    conn.executemany(_TAG_INSERT, _tags(c.project, c.id, models, c.metadata))
+    conn.executemany(
+        "INSERT INTO messages VALUES (?, ?, ?)", [(c.id, i, m) for i, m in enumerate(c.messages)]
+    )
+
+
+def _update(conn: sqlite3.Connection, project: str, cid: str, metadata: dict[str, str]) -> Row | None:
+    found = conn.execute(
+        "SELECT body, metadata FROM completions WHERE id = ? AND project = ?", (cid, project)
+    )
+    row = found.fetchone()
+    if row is None:
+        return None
+    conn.executemany(_TAG_DELETE, _tags(project, cid, set(), orjson.loads(row[1])))
+    encoded = orjson.dumps(metadata)
+    conn.execute("UPDATE completions SET metadata = ? WHERE id = ?", (encoded, cid))
+    conn.executemany(_TAG_INSERT, _tags(project, cid, set(), metadata))
+    return Row(cid, row[0], encoded)
+
+
+def _delete(conn: sqlite3.Connection, project: str, cid: str) -> bool:
+    found = conn.execute(
+        "SELECT model, response_model, metadata FROM completions WHERE id = ? AND project = ?", (cid, project)
+    ).fetchone()
+    if found is None:
+        return False
+    models = {found[0]} | ({found[1]} if found[1] else set())
+    conn.executemany(_TAG_DELETE, _tags(project, cid, models, orjson.loads(found[2])))
+    conn.execute("DELETE FROM messages WHERE completion_id = ?", (cid,))
+    conn.execute("DELETE FROM completions WHERE id = ?", (cid,))
+    return True
+
+
+def _list_sql(q: ListQuery) -> tuple[str, list[Any]]:
+    """One ordered index walk: over the first tag filter when there is one, else over completions."""
+    filters = ([(_MODEL, "", q.model)] if q.model is not None else []) + [
+        (_META, k, v) for k, v in sorted(q.metadata.items())
+    ]
+    bounds: list[tuple[str, str]] = []
+    if q.after is not None:
+        bounds.append((">" if q.order == "asc" else "<", q.after))
+    if q.id_from is not None:
+        bounds.append((">=", q.id_from))
+    if q.id_before is not None:
+        bounds.append(("<", q.id_before))
+    params: list[Any] = []
+    if not filters:
+        sql = "SELECT c.id, c.body, c.metadata FROM completions c WHERE c.project = ?"
+        params.append(q.project)
+        key = "c.id"
+    else:
+        joins = "".join(
+            f" JOIN completion_tags t{i} ON t{i}.project = t0.project AND t{i}.kind = ? AND t{i}.name = ?"
+            f" AND t{i}.value = ? AND t{i}.id = t0.id"
+            for i in range(1, len(filters))
+        )
+        for f in filters[1:]:
+            params.extend(f)
+        sql = (
+            f"SELECT c.id, c.body, c.metadata FROM completion_tags t0{joins}"
+            " JOIN completions c ON c.id = t0.id"
+            " WHERE t0.project = ? AND t0.kind = ? AND t0.name = ? AND t0.value = ?"
+        )
+        params.extend([q.project, *filters[0]])
+        key = "t0.id"
+    for op, value in bounds:
+        sql += f" AND {key} {op} ?"
+        params.append(value)
+    sql += f" ORDER BY {key} {q.order.upper()} LIMIT ?"
+    params.append(q.limit + 1)
+    return sql, params
