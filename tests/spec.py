@@ -81,6 +81,21 @@ def _storegate_overrides(doc: dict[str, Any]) -> None:
     assert parts[0] == target, f"spec changed: ChatCompletionMessageList items are {parts}"
     parts[0] = message
     schemas[MESSAGES_OVERRIDE] = message_list
+    # The contract's second override: an empty page has first_id and last_id null (the spec says string).
+    for name in ("ChatCompletionList", MESSAGES_OVERRIDE):
+        _null_ids_on_empty_page(schemas[name])
+
+
+def _null_ids_on_empty_page(schema: dict[str, Any]) -> None:
+    for key in ("first_id", "last_id"):
+        assert schema["properties"][key] == {
+            "type": "string",
+            "description": schema["properties"][key]["description"],
+        }
+        schema["properties"][key] = {"type": ["string", "null"]}
+    schema["if"] = {"properties": {"data": {"maxItems": 0}}}
+    schema["then"] = {"properties": {"first_id": {"type": "null"}, "last_id": {"type": "null"}}}
+    schema["else"] = {"properties": {"first_id": {"type": "string"}, "last_id": {"type": "string"}}}
 
 
 def _short(text: str) -> str:

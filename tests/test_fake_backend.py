@@ -335,6 +335,6 @@ def test_controller_lifecycle() -> None:
     with backend:
         assert backend.url == f"http://127.0.0.1:{port}/v1"
         assert backend.requests() == []
+        with pytest.raises(RuntimeError, match="did not start"):  # the port is taken
+            FakeBackend(port=port).start()
     backend.stop()  # idempotent
-    with pytest.raises(RuntimeError, match="did not start"):
-        FakeBackend(port=port, host="256.0.0.1").start()

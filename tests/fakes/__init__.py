@@ -99,11 +99,16 @@ class FakeBackend:
         )
         line = self._read_line(self.startup_timeout)
         if not line.startswith("LISTENING "):
+            try:  # stdout hit EOF because the process is exiting: get its exit code
+                code: int | None = self._proc.wait(1)
+            except subprocess.TimeoutExpired:
+                code = None
+            why = (
+                f"exited with {code}" if code is not None else f"no LISTENING line in {self.startup_timeout}s"
+            )
             logs = self.logs()
             self.stop()
-            raise RuntimeError(
-                f"fake backend did not start within {self.startup_timeout}s: stdout={line!r}\nstderr:\n{logs}"
-            )
+            raise RuntimeError(f"fake backend did not start ({why}): stdout={line!r}\nstderr:\n{logs}")
         self._url = line.split()[1]
         return self
 

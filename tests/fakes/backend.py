@@ -98,9 +98,9 @@ def json_response(obj: object, status: int = 200, headers: dict[str, str] | None
 
 
 def error(
-    status: int, message: str, type_: str, param: str | None = None, code: str | None = None
+    status: int, msg: str, kind: str, param: str | None = None, code: str | None = None
 ) -> web.Response:
-    return json_response(error_body(message, type_, param, code), status=status)
+    return json_response(error_body(msg, kind, param, code), status=status)
 
 
 def content_text(content: object) -> str:
@@ -165,17 +165,13 @@ def build_plan(body: Json, state: State) -> Plan:
             choices.append(Choice(i, "content", tokens, finish, len(tokens)))
     done = sum(c.completion_tokens for c in choices)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
-    stream_options = body.get("stream_options")
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    top = nonneg_int(body.get("top_logprobs")) or 0
+    plan_id, tier = f"chatcmpl-fake{next(state.counter)}", body.get("service_tier") is not None
+    logprobs = body.get("logprobs") is True
     return Plan(
-        id=f"chatcmpl-fake{next(state.counter)}",
-        model=name + "-2024",
-        directives=frozenset(directives),
-        choices=choices,
-        usage=usage,
-        logprobs=body.get("logprobs") is True,
-        top_logprobs=nonneg_int(body.get("top_logprobs")) or 0,
-        service_tier=body.get("service_tier") is not None,
-        include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+        plan_id, name + "-2024", frozenset(directives), choices, usage, logprobs, top, tier, include_usage
     )
 
 
@@ -243,9 +239,8 @@ def stream_events(plan: Plan) -> tuple[list[Json], list[Json], list[Json]]:
     for c in plan.choices:
         if c.kind == "tool":
             call = {"index": 0, **tool_call(c), "function": {"name": c.tool_name, "arguments": ""}}
-            heads.append(
-                chunk(plan, [entry(c.index, {"role": "assistant", "content": None, "tool_calls": [call]})])
-            )
+            role: Json = {"role": "assistant", "content": None, "tool_calls": [call]}
+            heads.append(chunk(plan, [entry(c.index, role)]))
             pieces = [c.arguments[k : k + ARG_PIECE] for k in range(0, len(c.arguments), ARG_PIECE)]
             deltas = [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
             bodies.append([chunk(plan, [entry(c.index, d)]) for d in deltas])
@@ -398,7 +393,7 @@ async def serve(args: argparse.Namespace) -> None:
     models = [m for m in args.models.split(",") if m]
     app = make_app(strict=args.strict, require_key=args.require_key, models=models)
     # short shutdown_timeout: on SIGTERM don't wait for stalled/slow handlers
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
     await runner.setup()
     try:
         site = web.TCPSite(runner, args.host, args.port)

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend-read-timeout", type=float,
                        help="seconds to wait for a backend's first byte and between stream chunks")  # fmt: skip
     serve.add_argument("--sqlite-synchronous", help="SQLite synchronous pragma: FULL (default) or NORMAL")
+    serve.add_argument("--write-queue-max", type=int, help="pending writes before new ones get 503 (10000)")
+    serve.add_argument("--shutdown-timeout", type=float, help="seconds SIGTERM waits for in-flight requests")
     serve.add_argument("--log-level", default=os.environ.get("STOREGATE_LOG_LEVEL", "INFO"))
     return parser
 

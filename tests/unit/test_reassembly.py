@@ -1,0 +1,66 @@
+"""Stream reassembly: deltas merge the way the SDK merges them, tool calls by index."""
+
+from storegate.service.reassembly import Reassembly
+
+
+def _chunk(choices: list[dict[str, object]], **top: object) -> dict[str, object]:
+    return {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": choices,
+        **top,
+    }
+
+
+def test_tool_calls_merge_by_index_and_keep_first_identity() -> None:
+    r = Reassembly()
+    r.add(_chunk([{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}},
+        {"index": 1, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": "{"}},
+    ]}}]))  # fmt: skip
+    r.add(_chunk([{"index": 0, "delta": {"tool_calls": [{"index": 1, "function": {"arguments": "}"}}]}}]))
+    r.add(
+        _chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "id": "call_a", "function": {"arguments": "[]"}}]},
+                }
+            ]
+        )
+    )
+    r.add(_chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}], usage={"prompt_tokens": 1}))
+    doc = r.result("chatcmpl-1", 5, None)
+    message = doc["choices"][0]["message"]
+    assert message["content"] is None and message["refusal"] is None
+    assert message["tool_calls"] == [
+        {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "[]"}},
+        {"id": "call_b", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+    ]
+    assert doc["choices"][0]["finish_reason"] == "tool_calls" and doc["usage"] == {"prompt_tokens": 1}
+
+
+def test_incomplete_choices_read_as_truncated_and_are_marked() -> None:
+    r = Reassembly()
+    r.add(_chunk([{"index": 1, "delta": {"role": "assistant", "content": "b"}}]))
+    r.add(_chunk([{"index": 0, "delta": {"role": "assistant", "content": "a"}}]))
+    r.add(_chunk([{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}]))
+    doc = r.result("chatcmpl-1", 5, "client_disconnected")
+    assert [c["index"] for c in doc["choices"]] == [0, 1]
+    assert [c["finish_reason"] for c in doc["choices"]] == ["stop", "length"]
+    assert doc["choices"][0]["message"]["content"] == "aa"
+    assert doc["incomplete_details"] == {"reason": "client_disconnected"}
+
+
+def test_logprobs_and_extra_string_fields_accumulate() -> None:
+    r = Reassembly()
+    lp = {"token": "a", "logprob": -1.0, "bytes": [97], "top_logprobs": []}
+    r.add(_chunk([{"index": 0, "delta": {"role": "assistant", "reasoning_content": "hm"},
+                   "logprobs": {"content": [lp], "refusal": None}}]))  # fmt: skip
+    r.add(_chunk([{"index": 0, "delta": {"reasoning_content": "m", "content": "a"},
+                   "logprobs": {"content": [lp], "refusal": None}, "finish_reason": "stop"}]))  # fmt: skip
+    choice = r.result("chatcmpl-1", 5, None)["choices"][0]
+    assert choice["message"]["reasoning_content"] == "hmm"
+    assert choice["logprobs"] == {"content": [lp, lp], "refusal": None}
