@@ -1,6 +1,7 @@
 """Every response gets an x-request-id; every failure leaves as OpenAI's error envelope; one JSON
 log line per request (method, path, status, duration: never headers or bodies, so never a key)."""
 
+import asyncio
 import logging
 import secrets
 import time
@@ -58,6 +59,9 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         error = _from_http(exc, request)
         status = error.status
         return error_response(error)
+    except asyncio.CancelledError:
+        status = 499  # the client closed the connection
+        raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         body = envelope("The server had an error while processing your request.", "server_error")

@@ -33,7 +33,11 @@ async def _send_stream(request: web.Request, stream: ChatStream) -> web.StreamRe
         await response.prepare(request)
         async for frame in frames:
             await response.write(frame)
-    except (ConnectionError, asyncio.CancelledError):
+    except ConnectionError:  # the client left while we wrote to it
+        await frames.aclose()
+        await stream.abandon()
+        return response
+    except asyncio.CancelledError:  # the client left while we waited for the backend
         await frames.aclose()
         await stream.abandon()
         raise
