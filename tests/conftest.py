@@ -1,6 +1,8 @@
-"""Shared fixtures: one fake backend and one storegate for the session; fresh ones where a test
-needs its own (a restart, a crash, other flags)."""
+"""Shared fixtures: one fake backend for the session, a PostgreSQL server when the suite needs one,
+and one storegate per store kind: every test that uses `server` or `client` runs on SQLite and on
+PostgreSQL alike."""
 
+import os
 from collections.abc import Iterator
 
 import httpx2 as httpx
@@ -8,7 +10,10 @@ import openai
 import pytest
 
 from tests.fakes import FakeBackend
+from tests.pg import PostgresServer, pg_bin
 from tests.server import Storegate
+
+STORES = ["sqlite", "postgres"]
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +23,38 @@ def fake() -> Iterator[FakeBackend]:
 
 
 @pytest.fixture(scope="session")
-def server(fake: FakeBackend) -> Iterator[Storegate]:
-    sg = Storegate(fake.url).start()
+def postgres() -> Iterator[PostgresServer]:
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required in CI: scripts/test installs it with apt-get")
+        pytest.skip("PostgreSQL 15 is not installed (scripts/test installs it with apt-get)")
+    pg = PostgresServer(bin_dir).start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="session", params=STORES)
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """A fresh database of each kind; None lets storegate use its own SQLite file."""
+    if request.param == "sqlite":
+        return None
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg.create_database()
+
+
+@pytest.fixture(params=STORES)
+def fresh_db_url(request: pytest.FixtureRequest) -> str | None:
+    """Like db_url, but a new database for this one test."""
+    if request.param == "sqlite":
+        return None
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg.create_database()
+
+
+@pytest.fixture(scope="session")
+def server(fake: FakeBackend, db_url: str | None) -> Iterator[Storegate]:
+    sg = Storegate(fake.url, db_url=db_url).start()
     yield sg
     sg.stop()
 

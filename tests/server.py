@@ -53,10 +53,17 @@ def check_response(response: httpx.Response) -> None:
 class Storegate:
     """One server process on a free port; `restart()` keeps its database file."""
 
-    def __init__(self, backend_url: str | None, *, db: Path | None = None, args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend_url: str | None,
+        *,
+        db_url: str | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="storegate-test-"))
-        self.db = db or self.dir / "storegate.db"
+        self.db = self.dir / "storegate.db"
+        self.db_url = db_url or f"sqlite:///{self.db}"
         self.backend_url = backend_url
         self.args = args or []
         self.env = env or {}
@@ -78,7 +85,7 @@ class Storegate:
             "--port",
             str(self.port),
             "--db",
-            f"sqlite:///{self.db}",
+            self.db_url,
         ]
         if self.backend_url:
             cmd += ["--backend", self.backend_url]

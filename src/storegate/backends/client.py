@@ -113,6 +113,14 @@ class Upstream:
         self.backend = backend
         self._resp = resp
 
+    @property
+    def is_event_stream(self) -> bool:
+        return self._resp.content_type == "text/event-stream"
+
+    def close(self) -> None:
+        """Drop the connection: the backend stops generating."""
+        self._resp.close()
+
     async def __aenter__(self) -> "Upstream":
         return self
 

@@ -26,6 +26,11 @@ class Chat:
                        store_default=self._store_default)  # fmt: skip
         upstream = await call.backend.post(call.forward, request_id)
         if call.stream:
+            if not upstream.is_event_stream:
+                upstream.close()
+                raise BackendFailed(
+                    f"backend {call.backend.name!r} did not answer the stream with an event stream"
+                )
             return ChatStream(call, upstream, self._store)
         async with upstream:
             doc = await upstream.json()

@@ -6,6 +6,7 @@ from storegate.store.base import Store
 from storegate.store.sqlite import SQLiteStore
 
 SQLITE_PREFIX = "sqlite:///"
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 
 def sqlite_path(url: str) -> str:
@@ -23,7 +24,11 @@ def make_store(settings: Settings) -> Store:
             synchronous=settings.sqlite_synchronous,
             queue_max=settings.write_queue_max,
         )
-    raise ConfigError(f"unsupported database URL {settings.db!r}: use sqlite:///path.db")
+    if settings.db.startswith(POSTGRES_PREFIXES):
+        from storegate.store.postgres import PostgresStore
+
+        return PostgresStore(settings.db)
+    raise ConfigError(f"unsupported database URL {settings.db!r}: use sqlite:///path.db or postgresql://...")
 
 
 async def open_store(settings: Settings) -> Store:

@@ -13,10 +13,9 @@ import orjson
 from storegate.errors import StoreUnavailable
 from storegate.store.base import ListQuery, MessagesQuery, NewCompletion, Page, Row
 from storegate.store.migrate import apply_sqlite
+from storegate.store.sql import list_sql, tags
 from storegate.store.writer import Writer, WriterOverloaded
 
-_MODEL = "m"
-_META = "k"
 _TAG_INSERT = "INSERT OR IGNORE INTO completion_tags VALUES (?, ?, ?, ?, ?)"
 _TAG_DELETE = (
     "DELETE FROM completion_tags WHERE project = ? AND kind = ? AND name = ? AND value = ? AND id = ?"
@@ -76,7 +75,7 @@ class SQLiteStore:
         return Row(*found) if found else None
 
     async def list(self, query: ListQuery) -> Page[Row]:
-        sql, params = _list_sql(query)
+        sql, params = list_sql(query, lambda _: "?")
         with self._reading() as db:
             rows = db.execute(sql, params).fetchall()
         return Page([Row(*r) for r in rows[: query.limit]], len(rows) > query.limit)
@@ -125,12 +124,6 @@ class SQLiteStore:
             raise StoreUnavailable(f"the store could not write: {exc}") from exc
 
 
-def _tags(project: str, cid: str, models: set[str], metadata: dict[str, str]) -> list[tuple[str, ...]]:
-    tags: list[tuple[str, ...]] = [(project, _MODEL, "", model, cid) for model in models]
-    tags += [(project, _META, key, value, cid) for key, value in metadata.items()]
-    return tags
-
-
 def _insert(conn: sqlite3.Connection, c: NewCompletion) -> None:
     conn.execute(
         "INSERT INTO completions (id, project, created, model, response_model, backend, backend_id,"
@@ -139,7 +132,7 @@ def _insert(conn: sqlite3.Connection, c: NewCompletion) -> None:
          int(c.incomplete), orjson.dumps(c.metadata), c.body, c.request),
     )  # fmt: skip
     models = {c.model} | ({c.response_model} if c.response_model else set())
-    conn.executemany(_TAG_INSERT, _tags(c.project, c.id, models, c.metadata))
+    conn.executemany(_TAG_INSERT, tags(c.project, c.id, models, c.metadata))
     conn.executemany(
         "INSERT INTO messages VALUES (?, ?, ?)", [(c.id, i, m) for i, m in enumerate(c.messages)]
     )
@@ -152,10 +145,10 @@ def _update(conn: sqlite3.Connection, project: str, cid: str, metadata: dict[str
     row = found.fetchone()
     if row is None:
         return None
-    conn.executemany(_TAG_DELETE, _tags(project, cid, set(), orjson.loads(row[1])))
+    conn.executemany(_TAG_DELETE, tags(project, cid, set(), orjson.loads(row[1])))
     encoded = orjson.dumps(metadata)
     conn.execute("UPDATE completions SET metadata = ? WHERE id = ?", (encoded, cid))
-    conn.executemany(_TAG_INSERT, _tags(project, cid, set(), metadata))
+    conn.executemany(_TAG_INSERT, tags(project, cid, set(), metadata))
     return Row(cid, row[0], encoded)
 
 
@@ -166,47 +159,7 @@ def _delete(conn: sqlite3.Connection, project: str, cid: str) -> bool:
     if found is None:
         return False
     models = {found[0]} | ({found[1]} if found[1] else set())
-    conn.executemany(_TAG_DELETE, _tags(project, cid, models, orjson.loads(found[2])))
+    conn.executemany(_TAG_DELETE, tags(project, cid, models, orjson.loads(found[2])))
     conn.execute("DELETE FROM messages WHERE completion_id = ?", (cid,))
     conn.execute("DELETE FROM completions WHERE id = ?", (cid,))
     return True
-
-
-def _list_sql(q: ListQuery) -> tuple[str, list[Any]]:
-    """One ordered index walk: over the first tag filter when there is one, else over completions."""
-    filters = ([(_MODEL, "", q.model)] if q.model is not None else []) + [
-        (_META, k, v) for k, v in sorted(q.metadata.items())
-    ]
-    bounds: list[tuple[str, str]] = []
-    if q.after is not None:
-        bounds.append((">" if q.order == "asc" else "<", q.after))
-    if q.id_from is not None:
-        bounds.append((">=", q.id_from))
-    if q.id_before is not None:
-        bounds.append(("<", q.id_before))
-    params: list[Any] = []
-    if not filters:
-        sql = "SELECT c.id, c.body, c.metadata FROM completions c WHERE c.project = ?"
-        params.append(q.project)
-        key = "c.id"
-    else:
-        joins = "".join(
-            f" JOIN completion_tags t{i} ON t{i}.project = t0.project AND t{i}.kind = ? AND t{i}.name = ?"
-            f" AND t{i}.value = ? AND t{i}.id = t0.id"
-            for i in range(1, len(filters))
-        )
-        for f in filters[1:]:
-            params.extend(f)
-        sql = (
-            f"SELECT c.id, c.body, c.metadata FROM completion_tags t0{joins}"
-            " JOIN completions c ON c.id = t0.id"
-            " WHERE t0.project = ? AND t0.kind = ? AND t0.name = ? AND t0.value = ?"
-        )
-        params.extend([q.project, *filters[0]])
-        key = "t0.id"
-    for op, value in bounds:
-        sql += f" AND {key} {op} ?"
-        params.append(value)
-    sql += f" ORDER BY {key} {q.order.upper()} LIMIT ?"
-    params.append(q.limit + 1)
-    return sql, params

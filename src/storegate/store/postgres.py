@@ -1,0 +1,182 @@
+"""The PostgreSQL store (asyncpg pool): the same tables and queries as SQLite, for several stateless
+replicas on one database. Each write is one transaction; migrations run under an advisory lock.
+"""
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import orjson
+
+from storegate.errors import StoreUnavailable
+from storegate.store.base import ListQuery, MessagesQuery, NewCompletion, Page, Row
+from storegate.store.migrate import migrations
+from storegate.store.sql import Tag, list_sql, tags
+
+_MIGRATION_LOCK = 0x53746F7265  # "Store": one advisory lock id for every storegate
+_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_INSERT = """
+WITH c AS (
+    INSERT INTO completions (id, project, created, model, response_model, backend, backend_id, incomplete,
+                             metadata, body, request)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id
+), t AS (
+    INSERT INTO completion_tags SELECT $2, k, n, v, $1 FROM unnest($12::text[], $13::bytea[], $14::bytea[]) AS x(k, n, v)
+)
+INSERT INTO messages SELECT $1, i, m FROM unnest($15::int[], $16::bytea[]) AS y(i, m)
+"""
+_TAG_INSERT = "INSERT INTO completion_tags VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+_TAG_DELETE = (
+    "DELETE FROM completion_tags WHERE project = $1 AND kind = $2 AND name = $3 AND value = $4 AND id = $5"
+)
+
+
+def _b(tag: Tag) -> tuple[str, str, bytes, bytes, str]:
+    project, kind, name, value, cid = tag
+    return project, kind, name.encode(), value.encode(), cid
+
+
+class PostgresStore:
+    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 20) -> None:
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=10)
+            try:
+                await apply_migrations(conn)
+            finally:
+                await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=self._min_size, max_size=self._max_size, timeout=10, command_timeout=30
+            )
+        except _FAILURES as exc:
+            raise StoreUnavailable(f"cannot open PostgreSQL database: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator["asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"]:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except _FAILURES as exc:
+            raise StoreUnavailable(f"the store could not answer: {type(exc).__name__}") from exc
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def insert(self, c: NewCompletion) -> None:
+        models = {c.model} | ({c.response_model} if c.response_model else set())
+        rows = [_b(t) for t in tags(c.project, c.id, models, c.metadata)]
+        async with self._conn() as conn:
+            await conn.execute(
+                _INSERT, c.id, c.project, c.created, c.model, c.response_model, c.backend, c.backend_id,
+                c.incomplete, orjson.dumps(c.metadata), c.body, c.request,
+                [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+                list(range(len(c.messages))), c.messages,
+            )  # fmt: skip
+
+    async def get(self, project: str, completion_id: str) -> Row | None:
+        async with self._conn() as conn:
+            found = await conn.fetchrow(
+                "SELECT id, body, metadata FROM completions WHERE id = $1 AND project = $2",
+                completion_id,
+                project,
+            )
+        return Row(found[0], found[1], found[2]) if found else None
+
+    async def list(self, query: ListQuery) -> Page[Row]:
+        sql, params = list_sql(query, lambda n: f"${n}", encode=str.encode)
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, *params)
+        return Page([Row(r[0], r[1], r[2]) for r in rows[: query.limit]], len(rows) > query.limit)
+
+    async def update_metadata(self, project: str, completion_id: str, metadata: dict[str, str]) -> Row | None:
+        async with self._conn() as conn, conn.transaction():
+            found = await conn.fetchrow(
+                "SELECT body, metadata FROM completions WHERE id = $1 AND project = $2 FOR UPDATE",
+                completion_id,
+                project,
+            )
+            if found is None:
+                return None
+            await conn.executemany(
+                _TAG_DELETE, [_b(t) for t in tags(project, completion_id, set(), orjson.loads(found[1]))]
+            )
+            encoded = orjson.dumps(metadata)
+            await conn.execute("UPDATE completions SET metadata = $1 WHERE id = $2", encoded, completion_id)
+            await conn.executemany(
+                _TAG_INSERT, [_b(t) for t in tags(project, completion_id, set(), metadata)]
+            )
+        return Row(completion_id, found[0], encoded)
+
+    async def delete(self, project: str, completion_id: str) -> bool:
+        async with self._conn() as conn, conn.transaction():
+            found = await conn.fetchrow(
+                "DELETE FROM completions WHERE id = $1 AND project = $2 RETURNING model, response_model, metadata",
+                completion_id,
+                project,
+            )
+            if found is None:
+                return False
+            models = {found[0]} | ({found[1]} if found[1] else set())
+            await conn.executemany(
+                _TAG_DELETE, [_b(t) for t in tags(project, completion_id, models, orjson.loads(found[2]))]
+            )
+            await conn.execute("DELETE FROM messages WHERE completion_id = $1", completion_id)
+        return True
+
+    async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
+        cmp = ">" if query.order == "asc" else "<"
+        after = (
+            query.after_index
+            if query.after_index is not None
+            else (-1 if query.order == "asc" else 2**31 - 1)
+        )
+        async with self._conn() as conn:
+            if not await conn.fetchval(
+                "SELECT 1 FROM completions WHERE id = $1 AND project = $2", query.completion_id, query.project
+            ):
+                return None
+            rows = await conn.fetch(
+                f"SELECT idx, item FROM messages WHERE completion_id = $1 AND idx {cmp} $2"
+                f" ORDER BY idx {query.order.upper()} LIMIT $3",
+                query.completion_id, after, query.limit + 1,
+            )  # fmt: skip
+        return Page([(r[0], r[1]) for r in rows[: query.limit]], len(rows) > query.limit)
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
+    """Apply pending migrations; several replicas starting at once take turns on an advisory lock."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+        )
+        done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for migration in migrations("postgres"):
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+                    migration.version, migration.name, int(time.time()),
+                )  # fmt: skip
+            applied.append(migration.version)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)

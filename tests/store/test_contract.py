@@ -1,0 +1,178 @@
+"""The Store contract, one suite for every implementation: the same calls, the same answers."""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+
+from storegate.ids import IdMinter, id_floor
+from storegate.settings import Settings
+from storegate.store import ListQuery, MessagesQuery, NewCompletion, Store
+from storegate.store.factory import make_store
+from tests.pg import PostgresServer
+
+Body = Callable[[Store], Awaitable[None]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'contract.db'}"
+    else:
+        pg: PostgresServer = request.getfixturevalue("postgres")
+        yield pg.create_database()
+
+
+def run(url: str, body: Body) -> None:
+    async def main() -> None:
+        store = make_store(Settings(db=url))
+        await store.open()
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+MINTER = IdMinter()
+
+
+def completion(project: str = "p", model: str = "m", metadata: dict[str, str] | None = None,
+               messages: int = 2, response_model: str | None = None) -> NewCompletion:  # fmt: skip
+    cid, created = MINTER.mint()
+    return NewCompletion(
+        project=project, id=cid, created=created, model=model, response_model=response_model, backend="b",
+        backend_id="x", incomplete=False, metadata=metadata or {}, body=orjson.dumps({"id": cid, "n": 1}),
+        request=b'{"model":"m"}', messages=[orjson.dumps({"i": i}) for i in range(messages)],
+    )  # fmt: skip
+
+
+def q(**kw: object) -> ListQuery:
+    base = ListQuery(project="p", model=None, metadata={}, after=None, limit=20, order="asc")
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_insert_get_roundtrip_is_byte_exact(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        c = completion(metadata={"a": "1"})
+        await store.insert(c)
+        row = await store.get("p", c.id)
+        assert row is not None and row.body == c.body and orjson.loads(row.metadata) == {"a": "1"}
+        assert await store.get("other", c.id) is None
+        assert await store.get("p", "chatcmpl-" + "0" * 29) is None
+
+    run(store_url, body)
+
+
+def test_list_orders_pages_and_filters(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        made = [completion(model="m1" if i % 2 else "m2", metadata={"i": str(i), "even": str(i % 2 == 0)},
+                           response_model="r1") for i in range(7)]  # fmt: skip
+        await asyncio.gather(*(store.insert(c) for c in made))
+        await store.insert(completion(project="other", model="m1"))
+        ids = [c.id for c in made]
+        page = await store.list(q(limit=3))
+        assert [r.id for r in page.items] == ids[:3] and page.has_more
+        page = await store.list(q(limit=3, after=ids[2]))
+        assert [r.id for r in page.items] == ids[3:6] and page.has_more
+        page = await store.list(q(limit=3, after=ids[5]))
+        assert [r.id for r in page.items] == ids[6:] and not page.has_more
+        page = await store.list(q(order="desc", limit=4))
+        assert [r.id for r in page.items] == ids[::-1][:4]
+        page = await store.list(q(order="desc", after=ids[3]))
+        assert [r.id for r in page.items] == ids[:3][::-1]
+        assert [r.id for r in (await store.list(q(model="m1"))).items] == ids[1::2]
+        assert len((await store.list(q(model="r1"))).items) == 7
+        assert [r.id for r in (await store.list(q(metadata={"even": "True"}))).items] == ids[::2]
+        both = await store.list(q(model="m2", metadata={"even": "True", "i": "4"}))
+        assert [r.id for r in both.items] == [ids[4]]
+        assert (await store.list(q(metadata={"i": "4", "even": "False"}))).items == []
+        assert [r.id for r in (await store.list(q(id_from=ids[3]))).items] == ids[3:]
+        assert [r.id for r in (await store.list(q(id_before=ids[3]))).items] == ids[:3]
+        assert (await store.list(q(id_from=id_floor(made[0].created + 10**6)))).items == []
+
+    run(store_url, body)
+
+
+def test_update_replaces_metadata_and_its_filters(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        c = completion(metadata={"a": "1", "b": "2"})
+        await store.insert(c)
+        row = await store.update_metadata("p", c.id, {"c": "3"})
+        assert row is not None and orjson.loads(row.metadata) == {"c": "3"} and row.body == c.body
+        assert (await store.list(q(metadata={"a": "1"}))).items == []
+        assert [r.id for r in (await store.list(q(metadata={"c": "3"}))).items] == [c.id]
+        assert await store.update_metadata("other", c.id, {"x": "y"}) is None
+        cleared = await store.update_metadata("p", c.id, {})
+        assert cleared is not None and orjson.loads(cleared.metadata) == {}
+
+    run(store_url, body)
+
+
+def test_delete_removes_everything(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        c = completion(metadata={"a": "1"})
+        await store.insert(c)
+        assert not await store.delete("other", c.id)
+        assert await store.delete("p", c.id)
+        assert not await store.delete("p", c.id)
+        assert await store.get("p", c.id) is None
+        assert (await store.list(q())).items == [] and (await store.list(q(metadata={"a": "1"}))).items == []
+        assert (await store.list(q(model="m"))).items == []
+        assert await store.list_messages(MessagesQuery("p", c.id, None, 20, "asc")) is None
+
+    run(store_url, body)
+
+
+def test_messages_page_both_ways(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        c = completion(messages=5)
+        await store.insert(c)
+        page = await store.list_messages(MessagesQuery("p", c.id, None, 2, "asc"))
+        assert page is not None and [i for i, _ in page.items] == [0, 1] and page.has_more
+        page = await store.list_messages(MessagesQuery("p", c.id, 1, 10, "asc"))
+        assert page is not None and [i for i, _ in page.items] == [2, 3, 4] and not page.has_more
+        page = await store.list_messages(MessagesQuery("p", c.id, None, 2, "desc"))
+        assert page is not None and [i for i, _ in page.items] == [4, 3]
+        page = await store.list_messages(MessagesQuery("p", c.id, 3, 10, "desc"))
+        assert page is not None and [i for i, _ in page.items] == [2, 1, 0]
+        assert page.items[0][1] == orjson.dumps({"i": 2})
+        assert await store.list_messages(MessagesQuery("other", c.id, None, 2, "asc")) is None
+
+    run(store_url, body)
+
+
+def test_odd_metadata_round_trips_and_filters(store_url: str) -> None:
+    odd = {"quote'\"": "'; DROP TABLE completions; --", "nul\x00key": "v\x00al", "ünï 😀": "\u202e\t\n\r"}
+
+    async def body(store: Store) -> None:
+        c = completion(metadata=odd)
+        await store.insert(c)
+        row = await store.get("p", c.id)
+        assert row is not None and orjson.loads(row.metadata) == odd
+        for key, value in odd.items():
+            assert [r.id for r in (await store.list(q(metadata={key: value}))).items] == [c.id]
+            assert (await store.list(q(metadata={key: value + "x"}))).items == []
+
+    run(store_url, body)
+
+
+def test_many_concurrent_writes_all_land(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        made = [completion(metadata={"batch": "1"}) for _ in range(300)]
+        await asyncio.gather(*(store.insert(c) for c in made))
+        seen: list[str] = []
+        after = None
+        while True:
+            page = await store.list(q(metadata={"batch": "1"}, limit=100, after=after))
+            seen += [r.id for r in page.items]
+            if not page.has_more:
+                break
+            after = seen[-1]
+        assert seen == sorted(c.id for c in made)
+
+    run(store_url, body)
