@@ -3,6 +3,8 @@
 Nothing global: the store and the backends' pools open on start-up and close on clean-up.
 """
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -12,6 +14,7 @@ from storegate.api.middleware import add_request_id, handle
 from storegate.api.routes import add_routes
 from storegate.backends import Backend, Router
 from storegate.service import Chat, StoredCompletions
+from storegate.service.retention import Retention
 from storegate.settings import Settings
 from storegate.store import open_store
 
@@ -36,8 +39,15 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     ])  # fmt: skip
     chat = Chat(store, router, store_default=settings.store_default)
     app[SERVICES] = Services(chat=chat, stored=StoredCompletions(store), router=router, store=store)
+    retention = Retention(store, days=settings.retention_days, projects=dict(settings.retention_projects),
+                          interval=settings.retention_interval)  # fmt: skip
+    purging = asyncio.create_task(retention.run_forever()) if retention.enabled else None
     try:
         yield
     finally:
+        if purging is not None:
+            purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purging
         await router.close()
         await store.close()

@@ -7,6 +7,7 @@ also gives `created`, 19 are random. The alphabet is in ASCII order, so string o
 import re
 import secrets
 import time
+from collections.abc import Callable
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 PREFIX = "chatcmpl-"
@@ -27,12 +28,13 @@ def _base62(value: int, width: int) -> str:
 class IdMinter:
     """Mints strictly increasing ids within one process; the random tail separates replicas."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._clock_ns = clock_ns
         self._last_us = 0
 
     def mint(self) -> tuple[str, int]:
         """Return a new completion id and its `created` (Unix seconds) from the same clock reading."""
-        now_us = time.time_ns() // 1000
+        now_us = self._clock_ns() // 1000
         if now_us <= self._last_us:
             now_us = self._last_us + 1
         self._last_us = now_us

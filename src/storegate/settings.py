@@ -47,18 +47,23 @@ class Settings:
     sqlite_synchronous: str = field(default="FULL", metadata={"env": "STOREGATE_SQLITE_SYNCHRONOUS"})
     write_queue_max: int = field(default=10_000, metadata={"env": "STOREGATE_WRITE_QUEUE_MAX"})
     shutdown_timeout: float = field(default=30.0, metadata={"env": "STOREGATE_SHUTDOWN_TIMEOUT"})
+    retention_days: int | None = field(default=None, metadata={"env": "STOREGATE_RETENTION_DAYS"})
+    retention_interval: float = field(default=60.0, metadata={"env": "STOREGATE_RETENTION_INTERVAL"})
     backends: tuple[BackendConfig, ...] = ()
+    retention_projects: tuple[tuple[str, int], ...] = ()
 
     def with_backends(self, environ: Mapping[str, str]) -> "Settings":
         """Resolve the backends: the config file's, else --backend, else OPENAI_BASE_URL / OpenAI."""
+        retention = self.retention_projects
         if self.config:
             backends = load_backends(Path(self.config))
+            retention = load_retention(Path(self.config))
         elif self.backend_url:
             backends = (BackendConfig(name="default", url=self.backend_url, key=self.backend_key),)
         else:
             url = environ.get("OPENAI_BASE_URL") or OPENAI_URL
             backends = (BackendConfig(name="default", url=url, key=environ.get("OPENAI_API_KEY")),)
-        return _replace(self, backends=backends)
+        return _replace(self, backends=backends, retention_projects=retention)
 
 
 def env_var(name: str) -> str | None:
@@ -81,6 +86,12 @@ def from_sources(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Se
     settings = Settings(**values)
     if settings.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
         raise ConfigError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+    if settings.retention_days is not None and settings.retention_days < 1:
+        raise ConfigError(
+            "retention_days must be at least 1 (leave it unset to keep completions until deleted)"
+        )
+    if settings.retention_interval <= 0:
+        raise ConfigError("retention_interval must be positive")
     return settings.with_backends(environ)
 
 
@@ -91,7 +102,7 @@ def _parse(name: str, type_: Any, raw: str) -> Any:
             if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
                 raise ValueError(raw)
             return raw.lower() in {"1", "true", "yes"}
-        if type_ is int:
+        if type_ is int or type_ == int | None:
             return int(raw)
         if type_ is float:
             return float(raw)
@@ -106,11 +117,32 @@ def _replace(settings: Settings, **changes: Any) -> Settings:
     return Settings(**values)
 
 
-def load_backends(path: Path) -> tuple[BackendConfig, ...]:
+def _read(path: Path) -> dict[str, Any]:
     try:
-        doc = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
+def load_retention(path: Path) -> tuple[tuple[str, int], ...]:
+    """`[retention.projects]` in the config file: project name = days, overriding --retention-days."""
+    section = _read(path).get("retention", {})
+    if not isinstance(section, dict) or set(section) - {"projects"}:
+        raise ConfigError(f"{path}: [retention] takes only a [retention.projects] table")
+    projects = section.get("projects", {})
+    if not isinstance(projects, dict):
+        raise ConfigError(f"{path}: [retention.projects] must be a table of project = days")
+    for name, days in projects.items():
+        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+            raise ConfigError(f"{path}: retention for project {name!r} must be a whole number of days >= 1")
+    return tuple(sorted(projects.items()))
+
+
+def load_backends(path: Path) -> tuple[BackendConfig, ...]:
+    doc = _read(path)
+    unknown_sections = set(doc) - {"backends", "retention"}
+    if unknown_sections:
+        raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)}")
     entries = doc.get("backends")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: needs at least one [[backends]] table")

@@ -42,11 +42,11 @@ MINTER = IdMinter()
 
 
 def completion(project: str = "p", model: str = "m", metadata: dict[str, str] | None = None,
-               messages: int = 2, response_model: str | None = None) -> NewCompletion:  # fmt: skip
-    cid, created = MINTER.mint()
+               messages: int = 2, response_model: str | None = None, minter: IdMinter = MINTER) -> NewCompletion:  # fmt: skip
+    cid, created = minter.mint()
     return NewCompletion(
         project=project, id=cid, created=created, model=model, response_model=response_model, backend="b",
-        backend_id="x", incomplete=False, metadata=metadata or {}, body=orjson.dumps({"id": cid, "n": 1}),
+        backend_id="x", incomplete=False, metadata=metadata or {}, body=orjson.dumps({"id": cid, "object": "chat.completion", "created": created, "model": model, "choices": []}),
         request=b'{"model":"m"}', messages=[orjson.dumps({"i": i}) for i in range(messages)],
     )  # fmt: skip
 
@@ -174,5 +174,25 @@ def test_many_concurrent_writes_all_land(store_url: str) -> None:
                 break
             after = seen[-1]
         assert seen == sorted(c.id for c in made)
+
+    run(store_url, body)
+
+
+def test_purge_takes_the_oldest_in_bounded_batches(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        made = [completion(project="a" if i % 2 else "b", metadata={"k": "v"}) for i in range(10)]
+        for c in made:
+            await store.insert(c)
+        cutoff = made[6].id  # the six oldest are below it
+        assert await store.purge(cutoff, "a", (), 2) == 2
+        assert await store.purge(cutoff, "a", (), 100) == 1
+        assert await store.purge(cutoff, None, ("b",), 100) == 0
+        assert await store.purge(cutoff, None, (), 100) == 3
+        left = [c.id for c in made if await store.get(c.project, c.id) is not None]
+        assert left == [c.id for c in made[6:]]
+        assert [r.id for r in (await store.list(q(project="a", metadata={"k": "v"}))).items] == [
+            c.id for c in made[6:] if c.project == "a"
+        ]
+        assert await store.list_messages(MessagesQuery(made[0].project, made[0].id, None, 5, "asc")) is None
 
     run(store_url, body)

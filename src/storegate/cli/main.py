@@ -31,19 +31,42 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--sqlite-synchronous", help="SQLite synchronous pragma: FULL (default) or NORMAL")
     serve.add_argument("--write-queue-max", type=int, help="pending writes before new ones get 503 (10000)")
     serve.add_argument("--shutdown-timeout", type=float, help="seconds SIGTERM waits for in-flight requests")
+    serve.add_argument("--retention-days", type=int,
+                       help="delete completions older than this many days (default: keep until deleted)")  # fmt: skip
+    serve.add_argument("--retention-interval", type=float, help="seconds between retention passes (60)")
     serve.add_argument("--log-level", default=os.environ.get("STOREGATE_LOG_LEVEL", "INFO"))
+    db = commands.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_command", required=True
+    )
+    migrate = db.add_parser("migrate", help="apply pending migrations and exit")
+    migrate.add_argument("--db", help="database URL (default: STOREGATE_DB, else sqlite:///./storegate.db)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    level = getattr(args, "log_level", os.environ.get("STOREGATE_LOG_LEVEL", "INFO"))
+    logging.basicConfig(level=level.upper(), format="%(message)s", stream=sys.stderr)
     try:
         settings = from_sources(vars(args), os.environ)
+        if args.command == "db":
+            return asyncio.run(migrate(settings))
     except ConfigError as exc:
         print(f"storegate: {exc}", file=sys.stderr)
         return 2
     return serve(settings)
+
+
+async def migrate(settings: Settings) -> int:
+    from storegate.store import open_store
+
+    store = await open_store(settings)
+    try:
+        applied = store.migrations_applied
+    finally:
+        await store.close()
+    print(f"applied migrations {applied}" if applied else "the database is up to date")
+    return 0
 
 
 def serve(settings: Settings) -> int:

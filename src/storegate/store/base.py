@@ -66,7 +66,13 @@ class Page(Generic[T]):
 class Store(Protocol):
     """Completions by project. Every method raises StoreUnavailable when the store cannot answer."""
 
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @property
+    def migrations_applied(self) -> list[int]:
+        """The migration versions the last open() applied."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -87,3 +93,7 @@ class Store(Protocol):
 
     async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
         """None when the completion does not exist in the project."""
+
+    async def purge(self, before_id: str, project: str | None, exclude: tuple[str, ...], limit: int) -> int:
+        """Delete up to `limit` of the oldest completions with ids below `before_id` (in `project`, or
+        in every project but `exclude`), with their messages; returns how many went."""

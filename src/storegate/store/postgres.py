@@ -43,12 +43,17 @@ class PostgresStore:
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._applied: list[int] = []
+
+    @property
+    def migrations_applied(self) -> list[int]:
+        return self._applied
 
     async def open(self) -> None:
         try:
             conn = await asyncpg.connect(self._dsn, timeout=10)
             try:
-                await apply_migrations(conn)
+                self._applied = await apply_migrations(conn)
             finally:
                 await conn.close()
             self._pool = await asyncpg.create_pool(
@@ -123,19 +128,19 @@ class PostgresStore:
 
     async def delete(self, project: str, completion_id: str) -> bool:
         async with self._conn() as conn, conn.transaction():
-            found = await conn.fetchrow(
-                "DELETE FROM completions WHERE id = $1 AND project = $2 RETURNING model, response_model, metadata",
-                completion_id,
-                project,
-            )
-            if found is None:
-                return False
-            models = {found[0]} | ({found[1]} if found[1] else set())
-            await conn.executemany(
-                _TAG_DELETE, [_b(t) for t in tags(project, completion_id, models, orjson.loads(found[2]))]
-            )
-            await conn.execute("DELETE FROM messages WHERE completion_id = $1", completion_id)
-        return True
+            return await _delete(conn, project, completion_id)
+
+    async def purge(self, before_id: str, project: str | None, exclude: tuple[str, ...], limit: int) -> int:
+        async with self._conn() as conn, conn.transaction():
+            # SKIP LOCKED: replicas purging at once share the work instead of queueing on row locks.
+            doomed = await conn.fetch(
+                "SELECT project, id FROM completions WHERE id < $1 AND ($2::text IS NULL OR project = $2)"
+                " AND NOT (project = ANY($3::text[])) ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED",
+                before_id, project, list(exclude), limit,
+            )  # fmt: skip
+            for row in doomed:
+                await _delete(conn, row[0], row[1])
+        return len(doomed)
 
     async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
         cmp = ">" if query.order == "asc" else "<"
@@ -155,6 +160,20 @@ class PostgresStore:
                 query.completion_id, after, query.limit + 1,
             )  # fmt: skip
         return Page([(r[0], r[1]) for r in rows[: query.limit]], len(rows) > query.limit)
+
+
+async def _delete(conn: "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]", project: str, cid: str) -> bool:
+    found = await conn.fetchrow(
+        "DELETE FROM completions WHERE id = $1 AND project = $2 RETURNING model, response_model, metadata",
+        cid,
+        project,
+    )
+    if found is None:
+        return False
+    models = {found[0]} | ({found[1]} if found[1] else set())
+    await conn.executemany(_TAG_DELETE, [_b(t) for t in tags(project, cid, models, orjson.loads(found[2]))])
+    await conn.execute("DELETE FROM messages WHERE completion_id = $1", cid)
+    return True
 
 
 async def apply_migrations(conn: asyncpg.Connection) -> list[int]:

@@ -28,6 +28,11 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._writer = Writer(self._connect_writer, queue_max)
         self._reader: sqlite3.Connection | None = None
+        self._applied: list[int] = []
+
+    @property
+    def migrations_applied(self) -> list[int]:
+        return self._applied
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -44,7 +49,7 @@ class SQLiteStore:
             conn = self._connect()
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
-                apply_sqlite(conn)
+                self._applied = apply_sqlite(conn)
             finally:
                 conn.close()
             self._reader = self._connect()
@@ -104,6 +109,10 @@ class SQLiteStore:
             ).fetchall()
         return Page([(r[0], r[1]) for r in rows[: query.limit]], len(rows) > query.limit)
 
+    async def purge(self, before_id: str, project: str | None, exclude: tuple[str, ...], limit: int) -> int:
+        purged: int = await self._write(lambda conn: _purge(conn, before_id, project, exclude, limit))
+        return purged
+
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         if self._reader is None:
@@ -150,6 +159,21 @@ def _update(conn: sqlite3.Connection, project: str, cid: str, metadata: dict[str
     conn.execute("UPDATE completions SET metadata = ? WHERE id = ?", (encoded, cid))
     conn.executemany(_TAG_INSERT, tags(project, cid, set(), metadata))
     return Row(cid, row[0], encoded)
+
+
+def _purge(conn: sqlite3.Connection, before_id: str, project: str | None, exclude: tuple[str, ...],
+           limit: int) -> int:  # fmt: skip
+    where, params = ("project = ?", [project]) if project is not None else ("1 = 1", [])
+    if exclude:
+        where += f" AND project NOT IN ({', '.join('?' * len(exclude))})"
+        params += list(exclude)
+    doomed = conn.execute(
+        f"SELECT project, id FROM completions WHERE id < ? AND {where} ORDER BY id LIMIT ?",
+        (before_id, *params, limit),
+    ).fetchall()
+    for row_project, cid in doomed:
+        _delete(conn, row_project, cid)
+    return len(doomed)
 
 
 def _delete(conn: sqlite3.Connection, project: str, cid: str) -> bool:
