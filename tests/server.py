@@ -131,10 +131,15 @@ class Storegate:
         self.stop()
         return self.start()
 
-    def client(self, **kwargs: Any) -> openai.OpenAI:
+    def client(self, api_key: str = "sk-test", **kwargs: Any) -> openai.OpenAI:
         http = httpx.Client(event_hooks={"response": [check_response]}, timeout=30)
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="sk-test", max_retries=0, http_client=http,
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, http_client=http,
                              **kwargs)  # fmt: skip
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `storegate ARGS --db <this server's database>`."""
+        cmd = [sys.executable, "-m", "storegate", *args, "--db", self.db_url]
+        return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, event_hooks={"response": [check_response]})

@@ -40,12 +40,28 @@ class NotFound(InvalidRequest):
     status = 404
 
 
+class Unauthorized(InvalidRequest):
+    status = 401
+
+
 class MethodNotAllowed(InvalidRequest):
     status = 405
 
 
 class PayloadTooLarge(InvalidRequest):
     status = 413
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+
+
+class RateLimited(StoregateError):
+    status = 429
+    type = "requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, code="rate_limit_exceeded", headers={"Retry-After": str(retry_after)})
 
 
 class BackendFailed(StoregateError):

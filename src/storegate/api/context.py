@@ -6,9 +6,8 @@ from aiohttp import web
 
 from storegate.backends import Router
 from storegate.service import Chat, StoredCompletions
+from storegate.service.keys import DEFAULT_PROJECT, Keys
 from storegate.store import Store
-
-DEFAULT_PROJECT = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +16,8 @@ class Services:
     stored: StoredCompletions
     router: Router
     store: Store
+    keys: Keys
+    body_timeout: float
 
 
 SERVICES = web.AppKey("services", Services)

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from storegate.api.context import SERVICES
 from storegate.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -72,6 +73,15 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
                 "request_id": request["request_id"], "method": request.method, "path": request.path,
                 "status": status, "ms": round((time.perf_counter() - started) * 1000, 2),
             }).decode())  # fmt: skip
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /v1 route needs a key once any key exists; the key decides the project."""
+    if request.path.startswith("/v1/"):
+        principal = await request.app[SERVICES].keys.authenticate(request.headers.get("Authorization"))
+        request["project"] = principal.project
+    return await handler(request)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

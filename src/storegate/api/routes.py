@@ -6,7 +6,7 @@ from aiohttp import web
 
 from storegate.api.context import project, request_id, services
 from storegate.api.middleware import JSON, error_response
-from storegate.errors import StoregateError
+from storegate.errors import RequestTimeout, StoregateError
 from storegate.service import ChatStream, list_models
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -16,8 +16,17 @@ def _json(body: bytes) -> web.Response:
     return web.Response(body=body, content_type=JSON)
 
 
+async def _body(request: web.Request) -> bytes:
+    """The whole body, or 408 when the client does not send it in time (a slow or stuck upload)."""
+    try:
+        async with asyncio.timeout(services(request).body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout("The request body was not received in time.", code="request_timeout") from None
+
+
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
-    raw = await request.read()
+    raw = await _body(request)
     result = await services(request).chat.create(
         raw, project=project(request), request_id=request_id(request)
     )
@@ -55,7 +64,7 @@ async def get_chat_completion(request: web.Request) -> web.Response:
 
 async def update_chat_completion(request: web.Request) -> web.Response:
     cid = request.match_info["completion_id"]
-    return _json(await services(request).stored.update(project(request), cid, await request.read()))
+    return _json(await services(request).stored.update(project(request), cid, await _body(request)))
 
 
 async def delete_chat_completion(request: web.Request) -> web.Response:

@@ -58,6 +58,19 @@ class MessagesQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as stored: never its secret, only the secret's hash and a short prefix to recognise it."""
+
+    id: str
+    project: str
+    prefix: str
+    rpm: int | None
+    created: int
+    last_used: int | None
+    revoked: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     items: list[T]
     has_more: bool
@@ -93,6 +106,19 @@ class Store(Protocol):
 
     async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
         """None when the completion does not exist in the project."""
+
+    async def add_key(self, key: ApiKey, secret_hash: bytes) -> None: ...
+
+    async def list_keys(self) -> tuple[ApiKey, ...]: ...
+
+    async def revoke_key(self, key_id: str, when: int) -> bool:
+        """False when there is no such key or it was already revoked."""
+
+    async def find_key(self, secret_hash: bytes) -> tuple[ApiKey | None, bool]:
+        """The key with this hash (revoked or not), and whether any key is active at all."""
+
+    async def touch_key(self, key_id: str, when: int) -> None:
+        """Record a use; callers throttle this, it is a write."""
 
     async def purge(self, before_id: str, project: str | None, exclude: tuple[str, ...], limit: int) -> int:
         """Delete up to `limit` of the oldest completions with ids below `before_id` (in `project`, or

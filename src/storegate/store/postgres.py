@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from storegate.errors import StoreUnavailable
-from storegate.store.base import ListQuery, MessagesQuery, NewCompletion, Page, Row
+from storegate.store.base import ApiKey, ListQuery, MessagesQuery, NewCompletion, Page, Row
 from storegate.store.migrate import migrations
 from storegate.store.sql import Tag, list_sql, tags
 
@@ -26,6 +26,7 @@ WITH c AS (
 )
 INSERT INTO messages SELECT $1, i, m FROM unnest($15::int[], $16::bytea[]) AS y(i, m)
 """
+_KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _TAG_INSERT = "INSERT INTO completion_tags VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
 _TAG_DELETE = (
     "DELETE FROM completion_tags WHERE project = $1 AND kind = $2 AND name = $3 AND value = $4 AND id = $5"
@@ -141,6 +142,39 @@ class PostgresStore:
             for row in doomed:
                 await _delete(conn, row[0], row[1])
         return len(doomed)
+
+    async def add_key(self, key: ApiKey, secret_hash: bytes) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO api_keys (id, project, hash, prefix, rpm, created) VALUES ($1, $2, $3, $4, $5, $6)",
+                key.id, key.project, secret_hash, key.prefix, key.rpm, key.created,
+            )  # fmt: skip
+
+    async def list_keys(self) -> tuple[ApiKey, ...]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created, id")
+        return tuple(ApiKey(*r) for r in rows)
+
+    async def revoke_key(self, key_id: str, when: int) -> bool:
+        async with self._conn() as conn:
+            done = await conn.execute(
+                "UPDATE api_keys SET revoked = $1 WHERE id = $2 AND revoked IS NULL", when, key_id
+            )
+        return bool(done != "UPDATE 0")
+
+    async def find_key(self, secret_hash: bytes) -> tuple[ApiKey | None, bool]:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"SELECT (SELECT row({_KEY_COLUMNS}) FROM api_keys WHERE hash = $1),"
+                " EXISTS (SELECT 1 FROM api_keys WHERE revoked IS NULL)",
+                secret_hash,
+            )
+        assert row is not None
+        return (ApiKey(*row[0]) if row[0] is not None else None), bool(row[1])
+
+    async def touch_key(self, key_id: str, when: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute("UPDATE api_keys SET last_used = $1 WHERE id = $2", when, key_id)
 
     async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
         cmp = ">" if query.order == "asc" else "<"

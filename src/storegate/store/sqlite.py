@@ -11,11 +11,12 @@ from typing import Any
 import orjson
 
 from storegate.errors import StoreUnavailable
-from storegate.store.base import ListQuery, MessagesQuery, NewCompletion, Page, Row
+from storegate.store.base import ApiKey, ListQuery, MessagesQuery, NewCompletion, Page, Row
 from storegate.store.migrate import apply_sqlite
 from storegate.store.sql import list_sql, tags
 from storegate.store.writer import Writer, WriterOverloaded
 
+_KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _TAG_INSERT = "INSERT OR IGNORE INTO completion_tags VALUES (?, ?, ?, ?, ?)"
 _TAG_DELETE = (
     "DELETE FROM completion_tags WHERE project = ? AND kind = ? AND name = ? AND value = ? AND id = ?"
@@ -112,6 +113,39 @@ class SQLiteStore:
     async def purge(self, before_id: str, project: str | None, exclude: tuple[str, ...], limit: int) -> int:
         purged: int = await self._write(lambda conn: _purge(conn, before_id, project, exclude, limit))
         return purged
+
+    async def add_key(self, key: ApiKey, secret_hash: bytes) -> None:
+        await self._write(lambda conn: conn.execute(
+            "INSERT INTO api_keys (id, project, hash, prefix, rpm, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (key.id, key.project, secret_hash, key.prefix, key.rpm, key.created),
+        ))  # fmt: skip
+
+    async def list_keys(self) -> tuple[ApiKey, ...]:
+        with self._reading() as db:
+            rows = db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created, id").fetchall()
+        return tuple(ApiKey(*r) for r in rows)
+
+    async def revoke_key(self, key_id: str, when: int) -> bool:
+        return bool(await self._write(lambda conn: conn.execute(
+            "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (when, key_id)
+        ).rowcount))  # fmt: skip
+
+    async def find_key(self, secret_hash: bytes) -> tuple[ApiKey | None, bool]:
+        with self._reading() as db:
+            found = db.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE hash = ?", (secret_hash,)
+            ).fetchone()
+            active = found is not None and found[6] is None
+            if not active:
+                active = (
+                    db.execute("SELECT 1 FROM api_keys WHERE revoked IS NULL LIMIT 1").fetchone() is not None
+                )
+        return (ApiKey(*found) if found else None), active
+
+    async def touch_key(self, key_id: str, when: int) -> None:
+        await self._write(
+            lambda conn: conn.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (when, key_id))
+        )
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
