@@ -126,7 +126,7 @@ def test_retention_removes_old_keeps_recent_and_serves(fake: FakeBackend, fresh_
     sg.start()
     try:
         with sg.client() as client:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90
             while client.chat.completions.list(metadata={"old": "1"}, limit=100).data[0].id in old:
                 client.chat.completions.create(model="fake-model", messages=MSG)  # served meanwhile
                 assert time.monotonic() < deadline, "retention did not finish"

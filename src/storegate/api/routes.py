@@ -1,6 +1,7 @@
 """The routes of the contract; handlers are named after OpenAI's operationIds."""
 
 import asyncio
+from importlib import resources
 
 from aiohttp import web
 
@@ -9,6 +10,7 @@ from storegate.api.middleware import JSON, error_response
 from storegate.errors import RequestTimeout, StoregateError
 from storegate.service import ChatStream, list_models
 
+OPENAPI = resources.files("storegate.api").joinpath("openapi.json").read_bytes()
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -92,6 +94,10 @@ async def readyz(request: web.Request) -> web.Response:
     return _json(b'{"status":"ready"}')
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", create_chat_completion)
     app.router.add_get("/v1/chat/completions", list_chat_completions, allow_head=False)
@@ -103,3 +109,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", list_models_route, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/openapi.json", openapi, allow_head=False)
