@@ -28,7 +28,8 @@ class Principal:
 
 
 def hash_secret(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+    # Headers arrive decoded with surrogateescape: hash the bytes the client sent, whatever they are.
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 def check_project(name: str) -> str:
