@@ -49,12 +49,7 @@ class PostgresServer:
                         "-E", "UTF8", "--locale=C", "--no-sync")  # fmt: skip
         if out.returncode != 0:
             raise RuntimeError(f"initdb failed: {out.stdout}{out.stderr}")
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=300"
-        out = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
-                        "-o", options, "-w", "-t", "60", "start")  # fmt: skip
-        if out.returncode != 0:
-            log = (self.dir / "log").read_text() if (self.dir / "log").exists() else ""
-            raise RuntimeError(f"pg_ctl start failed: {out.stdout}{out.stderr}{log}")
+        self.resume()
         return self
 
     def url(self, database: str = "postgres") -> str:
@@ -68,6 +63,20 @@ class PostgresServer:
         if out.returncode != 0:
             raise RuntimeError(f"CREATE DATABASE failed: {out.stderr}")
         return self.url(name)
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected) and keep its data."""
+        out = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        if out.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {out.stdout}{out.stderr}")
+
+    def resume(self) -> None:
+        """Start it again on the same port and data."""
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        out = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
+                        "-o", options, "-w", "-t", "60", "start")  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {out.stdout}{out.stderr}")
 
     def stop(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")

@@ -15,6 +15,7 @@ from storegate.api.middleware import add_request_id, authenticate, handle
 from storegate.api.routes import add_routes
 from storegate.backends import Backend, Router
 from storegate.service import Chat, StoredCompletions
+from storegate.service.gate import Gate
 from storegate.service.keys import Keys
 from storegate.service.retention import Retention
 from storegate.settings import ConfigError, Settings
@@ -38,12 +39,13 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     keys = Keys(store, default_rpm=settings.rate_limit_rpm)
     await _check_exposure(settings, keys)
     router = Router([
-        Backend(config, connect_timeout=settings.backend_connect_timeout, read_timeout=settings.backend_read_timeout)
+        Backend(config, connect_timeout=settings.backend_connect_timeout, read_timeout=settings.backend_read_timeout,
+                total_timeout=settings.backend_total_timeout)
         for config in settings.backends
     ])  # fmt: skip
     chat = Chat(store, router, store_default=settings.store_default)
     app[SERVICES] = Services(chat=chat, stored=StoredCompletions(store), router=router, store=store, keys=keys,
-                             body_timeout=settings.body_timeout)  # fmt: skip
+                             body_timeout=settings.body_timeout, gate=Gate(settings.max_inflight))  # fmt: skip
     retention = Retention(store, days=settings.retention_days, projects=dict(settings.retention_projects),
                           interval=settings.retention_interval)  # fmt: skip
     purging = asyncio.create_task(retention.run_forever()) if retention.enabled else None

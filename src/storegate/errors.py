@@ -86,6 +86,12 @@ class StoreUnavailable(StoregateError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class Overloaded(StoreUnavailable):
+    """Too many requests in flight: storegate sheds load rather than queue without bound."""
+
+    type = "overloaded"
+
+
 class BackendRejected(StoregateError):
     """A backend's own 4xx, carried to the client with its status and (scrubbed) envelope."""
 

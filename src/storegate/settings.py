@@ -44,6 +44,10 @@ class Settings:
         default=10.0, metadata={"env": "STOREGATE_BACKEND_CONNECT_TIMEOUT"}
     )
     backend_read_timeout: float = field(default=600.0, metadata={"env": "STOREGATE_BACKEND_READ_TIMEOUT"})
+    backend_total_timeout: float | None = field(
+        default=None, metadata={"env": "STOREGATE_BACKEND_TOTAL_TIMEOUT"}
+    )
+    max_inflight: int = field(default=1000, metadata={"env": "STOREGATE_MAX_INFLIGHT"})
     sqlite_synchronous: str = field(default="FULL", metadata={"env": "STOREGATE_SQLITE_SYNCHRONOUS"})
     write_queue_max: int = field(default=10_000, metadata={"env": "STOREGATE_WRITE_QUEUE_MAX"})
     shutdown_timeout: float = field(default=30.0, metadata={"env": "STOREGATE_SHUTDOWN_TIMEOUT"})
@@ -93,6 +97,8 @@ def from_sources(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Se
         raise ConfigError(
             "retention_days must be at least 1 (leave it unset to keep completions until deleted)"
         )
+    if settings.max_inflight < 1:
+        raise ConfigError("max_inflight must be at least 1")
     if settings.retention_interval <= 0:
         raise ConfigError("retention_interval must be positive")
     return settings.with_backends(environ)
@@ -107,7 +113,7 @@ def _parse(name: str, type_: Any, raw: str) -> Any:
             return raw.lower() in {"1", "true", "yes"}
         if type_ is int or type_ == int | None:
             return int(raw)
-        if type_ is float:
+        if type_ is float or type_ == float | None:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{env_var(name)}: cannot read {raw!r} as {kind}") from None

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from storegate.backends import Router
 from storegate.service import Chat, StoredCompletions
+from storegate.service.gate import Gate
 from storegate.service.keys import DEFAULT_PROJECT, Keys
 from storegate.store import Store
 
@@ -18,6 +19,7 @@ class Services:
     store: Store
     keys: Keys
     body_timeout: float
+    gate: Gate
 
 
 SERVICES = web.AppKey("services", Services)

@@ -28,13 +28,13 @@ async def _body(request: web.Request) -> bytes:
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
-    raw = await _body(request)
-    result = await services(request).chat.create(
-        raw, project=project(request), request_id=request_id(request)
-    )
-    if isinstance(result, bytes):
-        return _json(result)
-    return await _send_stream(request, result)
+    with services(request).gate.slot():
+        raw = await _body(request)
+        chat = services(request).chat
+        result = await chat.create(raw, project=project(request), request_id=request_id(request))
+        if isinstance(result, bytes):
+            return _json(result)
+        return await _send_stream(request, result)
 
 
 async def _send_stream(request: web.Request, stream: ChatStream) -> web.StreamResponse:

@@ -19,7 +19,8 @@ _TRANSPORT = (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError)
 
 
 class Backend:
-    def __init__(self, config: BackendConfig, *, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(self, config: BackendConfig, *, connect_timeout: float, read_timeout: float,
+                 total_timeout: float | None = None) -> None:  # fmt: skip
         self.config = config
         self.name = config.name
         self.chat_url = config.url + "/chat/completions"
@@ -30,7 +31,9 @@ class Backend:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+            ),
             auto_decompress=True,
         )
 

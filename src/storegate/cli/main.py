@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,8 @@ def _serve_flags(serve: argparse.ArgumentParser) -> None:
     add("--body-timeout", type=float, help="seconds a client has to send its request body (30)")
     add("--backend-connect-timeout", type=float, help="seconds to connect to a backend")
     add("--backend-read-timeout", type=float, help="seconds to a backend's first byte and between chunks")
+    add("--backend-total-timeout", type=float, help="seconds for a whole backend answer (default: none)")
+    add("--max-inflight", type=int, help="creates in flight before new ones get 503 (1000)")
     add("--sqlite-synchronous", help="SQLite synchronous pragma: FULL (default) or NORMAL")
     add("--write-queue-max", type=int, help="pending writes before new ones get 503 (10000)")
     add("--shutdown-timeout", type=float, help="seconds SIGTERM waits for in-flight requests")
@@ -91,6 +94,7 @@ def serve(settings: Settings) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    _raise_open_files_limit()
     logging.getLogger("storegate").info(
         "storegate %s on http://%s:%d, store %s", __version__, settings.host, settings.port,
         settings.db.split("@")[-1],  # never a password from the URL
@@ -98,3 +102,10 @@ def serve(settings: Settings) -> int:
     web.run_app(create_app(settings), host=settings.host, port=settings.port, loop=loop, print=None,
                 access_log=None, handler_cancellation=True, shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Thousands of idle clients must not starve the rest: allow as many sockets as the system does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

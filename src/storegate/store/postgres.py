@@ -15,7 +15,13 @@ from storegate.store.migrate import migrations
 from storegate.store.sql import Tag, list_sql, tags
 
 _MIGRATION_LOCK = 0x53746F7265  # "Store": one advisory lock id for every storegate
-_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_FAILURES = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 _INSERT = """
 WITH c AS (
     INSERT INTO completions (id, project, created, model, response_model, backend, backend_id, incomplete,
@@ -74,7 +80,11 @@ class PostgresStore:
             raise StoreUnavailable("the store is not open")
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except asyncpg.InternalClientError:
+                    conn.terminate()  # its protocol state is unknown after a lost server: never reuse it
+                    raise
         except _FAILURES as exc:
             raise StoreUnavailable(f"the store could not answer: {type(exc).__name__}") from exc
 

@@ -1,0 +1,184 @@
+"""Faults around storegate, produced for real: the database going away, writes failing, SIGTERM
+mid-stream, overload, and thousands of idle connections. Nothing acknowledged is lost."""
+
+import resource
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx2 as httpx
+import pytest
+
+from tests.fakes import FakeBackend
+from tests.pg import PostgresServer, pg_bin
+from tests.server import Storegate
+from tests.spec import parse_sse
+
+BODY = {"model": "fake-model", "store": True, "messages": [{"role": "user", "content": "fault"}]}
+
+
+def _hammer(url: str, stop: threading.Event, acked: list[str], statuses: list[int]) -> None:
+    with httpx.Client(base_url=url, timeout=15) as http:
+        for _ in range(5000):
+            if stop.is_set():
+                return
+            try:
+                resp = http.post("/v1/chat/completions", json=BODY)
+            except httpx.HTTPError:
+                statuses.append(0)
+                continue
+            statuses.append(resp.status_code)
+            if resp.status_code == 200:
+                acked.append(resp.json()["id"])
+            else:
+                assert resp.status_code == 503 and resp.headers["Retry-After"], resp.text
+                time.sleep(0.02)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed")
+    pg = PostgresServer(bin_dir).start()
+    yield pg
+    pg.stop()
+
+
+def test_postgres_restart_under_load(fake: FakeBackend, own_postgres: PostgresServer) -> None:
+    sg = Storegate(fake.url, db_url=own_postgres.create_database()).start()
+    acked: list[str] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+    worker = threading.Thread(target=_hammer, args=(sg.url, stop, acked, statuses))
+    try:
+        worker.start()
+        time.sleep(1)
+        own_postgres.halt()
+        with httpx.Client(base_url=sg.url, timeout=15) as http:
+            down = http.post("/v1/chat/completions", json=BODY)
+            assert down.status_code == 503 and down.headers["Retry-After"] == "1"
+            assert http.get("/readyz").status_code == 503
+            assert http.get("/healthz").status_code == 200
+            time.sleep(1)
+            own_postgres.resume()
+            deadline = time.monotonic() + 20
+            while http.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "storegate did not reconnect"
+                time.sleep(0.1)
+            time.sleep(1)
+        stop.set()
+        worker.join(30)
+        assert 503 in statuses and statuses[-1] == 200, "it answered 503 while down and recovered by itself"
+        with sg.client() as client:
+            for cid in acked:
+                assert client.chat.completions.retrieve(cid).id == cid
+    finally:
+        stop.set()
+        sg.stop()
+
+
+def _limit_file_size(pid: int, size: int | str) -> None:
+    """Set the soft limit on file size of a running process (the hard one may not be raised again)."""
+    subprocess.run(["prlimit", f"--pid={pid}", f"--fsize={size}:"], check=True)
+
+
+def test_sqlite_write_failure_is_503_and_recovers(fake: FakeBackend) -> None:
+    sg = Storegate(fake.url).start()
+    assert sg.proc is not None
+    try:
+        with httpx.Client(base_url=sg.url, timeout=15) as http:
+            before = http.post("/v1/chat/completions", json=BODY).json()["id"]
+            _limit_file_size(sg.proc.pid, 1)  # the disk is "full": no file may grow
+            failed = [
+                http.post("/v1/chat/completions", json={**BODY, "metadata": {"i": str(i)}}) for i in range(5)
+            ]
+            assert {r.status_code for r in failed} == {503}
+            assert all(
+                r.json()["error"]["type"] == "store_unavailable" and r.headers["Retry-After"] for r in failed
+            )
+            assert http.get(f"/v1/chat/completions/{before}").status_code == 200, "reads still work"
+            _limit_file_size(sg.proc.pid, "unlimited")
+            after = http.post("/v1/chat/completions", json=BODY)
+            assert after.status_code == 200
+            ids = [c["id"] for c in http.get("/v1/chat/completions?limit=100").json()["data"]]
+            assert ids == [before, after.json()["id"]], "the refused ones were not stored"
+    finally:
+        sg.stop()
+
+
+def test_sigterm_finishes_streams_and_exits_zero(fake: FakeBackend) -> None:
+    sg = Storegate(fake.url).start()
+    long = " ".join(f"w{i}" for i in range(60))  # ~60 chunks at 20 ms each
+    body = {
+        **BODY,
+        "model": "fake-model+slow",
+        "stream": True,
+        "messages": [{"role": "user", "content": long}],
+    }
+    with httpx.Client(base_url=sg.url, timeout=30) as http, http.stream("POST", "/v1/chat/completions",
+                                                                        json=body) as resp:  # fmt: skip
+        raw = b""
+        for piece in resp.iter_bytes():
+            raw += piece
+            if raw.count(b"data:") == 3:
+                assert sg.proc is not None
+                sg.proc.send_signal(signal.SIGTERM)
+        chunks, done = parse_sse(raw)
+    assert done and "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "echo: " + long
+    assert sg.proc is not None and sg.proc.wait(20) == 0
+    sg.stop()
+    sg.start()
+    try:
+        with sg.client() as client:
+            assert (
+                client.chat.completions.retrieve(chunks[0]["id"]).choices[0].message.content
+                == "echo: " + long
+            )
+    finally:
+        sg.stop()
+
+
+def test_overload_sheds_with_503(fake: FakeBackend) -> None:
+    sg = Storegate(fake.url, args=["--max-inflight", "2"]).start()
+    slow = {**BODY, "model": "fake-model+fault-stall", "stream": True}
+    try:
+        a, b, c = (httpx.Client(base_url=sg.url, timeout=30) for _ in range(3))
+        with a, b, c:
+            with (
+                a.stream("POST", "/v1/chat/completions", json=slow),
+                b.stream("POST", "/v1/chat/completions", json=slow),
+            ):
+                shed = c.post("/v1/chat/completions", json=BODY)
+                assert shed.status_code == 503 and shed.json()["error"]["type"] == "overloaded"
+                assert shed.headers["Retry-After"] == "1"
+                assert c.get("/v1/chat/completions").status_code == 200, "reads are not shed"
+            deadline = (
+                time.monotonic() + 5
+            )  # the server frees the slots once it sees the streams' clients left
+            while (status := c.post("/v1/chat/completions", json=BODY).status_code) == 503:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert status == 200
+    finally:
+        sg.stop()
+
+
+def test_thousands_of_idle_connections_do_not_stop_service(server: Storegate) -> None:
+    wanted = 2000
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < wanted + 100:
+        pytest.skip("this process may not open enough sockets")
+    idle = []
+    try:
+        for _ in range(wanted):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            started = time.monotonic()
+            assert http.post("/v1/chat/completions", json=BODY).status_code == 200
+            assert time.monotonic() - started < 5
+    finally:
+        for sock in idle:
+            sock.close()
