@@ -46,9 +46,13 @@ def is_completion_id(value: str) -> bool:
     return COMPLETION_ID.fullmatch(value) is not None
 
 
+_MAX_US = 62**_TIME_CHARS - 1
+
+
 def id_floor(unix_seconds: int) -> str:
-    """The smallest possible id minted at or after `unix_seconds`: ids compare against it as bounds."""
-    return PREFIX + _base62(max(unix_seconds, 0) * 1_000_000, _TIME_CHARS)
+    """The smallest possible id minted at or after `unix_seconds`: ids compare against it as bounds.
+    Seconds outside the ids' range (before 1970, after the year 28000) clamp to its ends."""
+    return PREFIX + _base62(min(max(unix_seconds, 0) * 1_000_000, _MAX_US), _TIME_CHARS)
 
 
 def message_id(completion_id: str, index: int) -> str:

@@ -27,3 +27,8 @@ def test_message_ids_belong_to_their_completion() -> None:
     assert parse_message_id(message_id(cid, 0), other) is None
     for bad in (f"{cid}-", f"{cid}-01", f"{cid}-x", "nope", f"{cid}-1-2"):
         assert parse_message_id(bad, cid) is None
+
+
+def test_bounds_clamp_instead_of_wrapping() -> None:
+    cid, _ = IdMinter().mint()
+    assert id_floor(-5) < cid < id_floor(10**15) and id_floor(10**15) == id_floor(10**20)
