@@ -132,15 +132,12 @@ class SQLiteStore:
 
     async def find_key(self, secret_hash: bytes) -> tuple[ApiKey | None, bool]:
         with self._reading() as db:
-            found = db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE hash = ?", (secret_hash,)
+            rows = db.execute(
+                f"SELECT {_KEY_COLUMNS}, EXISTS (SELECT 1 FROM api_keys WHERE revoked IS NULL)"
+                " FROM (SELECT 1) LEFT JOIN api_keys ON hash = ?",
+                (secret_hash,),
             ).fetchone()
-            active = found is not None and found[6] is None
-            if not active:
-                active = (
-                    db.execute("SELECT 1 FROM api_keys WHERE revoked IS NULL LIMIT 1").fetchone() is not None
-                )
-        return (ApiKey(*found) if found else None), active
+        return (ApiKey(*rows[:7]) if rows[0] is not None else None), bool(rows[7])
 
     async def touch_key(self, key_id: str, when: int) -> None:
         await self._write(

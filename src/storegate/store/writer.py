@@ -1,7 +1,8 @@
 """The one SQLite writer: a thread that runs queued write operations in group commits.
 
-Many requests' writes share one transaction and one fsync; each operation runs in its own savepoint,
-so one failing operation fails only its own caller. Nothing here runs on the event loop.
+Many requests' writes share one transaction and one fsync. Should an operation fail, the batch is
+rolled back and replayed one operation per transaction, so a failure reaches only its own caller.
+Nothing here runs on the event loop.
 """
 
 import asyncio
@@ -16,6 +17,7 @@ log = logging.getLogger("storegate.store")
 
 Op = Callable[[sqlite3.Connection], Any]
 _Item = tuple[Op, "asyncio.Future[Any]"]
+_Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 _BATCH_MAX = 512
 
 
@@ -26,7 +28,8 @@ class WriterOverloaded(Exception):
 class Writer:
     def __init__(self, connect: Callable[[], sqlite3.Connection], queue_max: int) -> None:
         self._connect = connect
-        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_max)
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue_max = queue_max
         self._thread = threading.Thread(target=self._run, name="storegate-sqlite-writer", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -41,11 +44,10 @@ class Writer:
 
     def submit(self, op: Op) -> "asyncio.Future[Any]":
         assert self._loop is not None
+        if self._queue.qsize() >= self._queue_max:
+            raise WriterOverloaded
         future: asyncio.Future[Any] = self._loop.create_future()
-        try:
-            self._queue.put_nowait((op, future))
-        except queue.Full:
-            raise WriterOverloaded from None
+        self._queue.put((op, future))
         return future
 
     async def stop(self) -> None:
@@ -83,28 +85,21 @@ class Writer:
             conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn)
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO op")
-                    outcomes.append((future, None, exc))
-                else:
-                    outcomes.append((future, result, None))
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            log.error("sqlite group commit failed: %s", exc)
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback failed")
-            outcomes = [(future, None, exc) for _, future in batch]
+            outcomes = _transaction(conn, batch)
+        except Exception as exc:  # the thread must outlive any one failure
+            if len(batch) == 1:
+                outcomes = [(batch[0][1], None, exc)]
+            else:
+                log.warning(
+                    "group commit of %d writes failed (%s); replaying them one by one", len(batch), exc
+                )
+                outcomes = []
+                for item in batch:
+                    try:
+                        outcomes += _transaction(conn, [item])
+                    except Exception as one:
+                        outcomes.append((item[1], None, one))
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(_resolve, outcomes)
@@ -112,7 +107,23 @@ class Writer:
             log.warning("event loop closed before %d write results were delivered", len(outcomes))
 
 
-def _resolve(outcomes: list[tuple["asyncio.Future[Any]", Any, BaseException | None]]) -> None:
+def _transaction(conn: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
+    """Run the batch in one transaction; on any error roll it all back and raise."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[_Outcome] = [(future, op(conn), None) for op, future in batch]
+        conn.execute("COMMIT")
+    except Exception:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed")
+        raise
+    return outcomes
+
+
+def _resolve(outcomes: list[_Outcome]) -> None:
     for future, result, error in outcomes:
         if future.done():
             continue
