@@ -21,6 +21,7 @@ from tests.fakes import FakeBackend
 from tests.server import Storegate
 
 LIST = "/v1/chat/completions"
+MSG = [{"role": "user", "content": "generated"}]
 
 
 @pytest.fixture(scope="module")
@@ -469,3 +470,18 @@ def test_created_bounds_on_one_completion(client: openai.OpenAI, http: httpx.Cli
     assert listed(created_after=c - 1) == [done.id]
     assert listed(created_after=0) == [done.id]
     assert listed(created_before=int(time.time()) + 3600) == [done.id]
+
+
+def test_metadata_filter_as_a_spec_generated_client_sends_it(
+    client: openai.OpenAI, http: httpx.Client
+) -> None:
+    """OpenAPI's default serialization of the spec's `metadata` object query parameter is form style,
+    exploded: `?team=a&run=x`, with no `metadata[...]` around the keys."""
+    run = uuid4().hex
+    made = client.chat.completions.create(model="fake-model", messages=MSG, store=True,
+                                          metadata={"run": run, "team": "gen"})  # fmt: skip
+    other = client.chat.completions.create(model="fake-model", messages=MSG, store=True,
+                                           metadata={"run": run, "team": "sdk"})  # fmt: skip
+    assert [c["id"] for c in http.get(f"/v1/chat/completions?run={run}&team=gen").json()["data"]] == [made.id]
+    both = http.get(f"/v1/chat/completions?run={run}&order=desc&limit=5").json()["data"]
+    assert [c["id"] for c in both] == [other.id, made.id]

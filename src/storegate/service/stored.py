@@ -16,6 +16,7 @@ from storegate.service.records import render
 from storegate.store import ListQuery, MessagesQuery, Store
 
 Params = Sequence[tuple[str, str]]
+_LIST_PARAMS = frozenset({"model", "metadata", "after", "limit", "order", "created_after", "created_before"})
 
 
 class StoredCompletions:
@@ -28,11 +29,10 @@ class StoredCompletions:
         if after is not None and not is_completion_id(after):
             raise InvalidRequest(f"Invalid 'after': {after!r} is not a chat completion id.", param="after",
                                  code="invalid_value")  # fmt: skip
-        filters = {k[9:-1]: v for k, v in params if k.startswith("metadata[") and k.endswith("]")}
         query = ListQuery(
             project=project,
             model=args.get("model"),
-            metadata=validate_metadata(filters),
+            metadata=validate_metadata(metadata_filters(params)),
             after=after,
             limit=limit,
             order=order,
@@ -88,6 +88,18 @@ class StoredCompletions:
         if page is None:
             raise not_found(completion_id)
         return page_body([(f"{completion_id}-{i}", item) for i, item in page.items], page.has_more)
+
+
+def metadata_filters(params: Params) -> dict[str, str]:
+    """`metadata[k]=v`, as the SDKs send it; and bare `k=v` for any other name, as a client generated
+    from the spec sends it (OpenAPI's default for an object in the query is form style, exploded)."""
+    filters = {}
+    for key, value in params:
+        if key.startswith("metadata[") and key.endswith("]"):
+            filters[key[9:-1]] = value
+        elif key not in _LIST_PARAMS:
+            filters[key] = value
+    return filters
 
 
 def _bound(args: dict[str, str], name: str, shift: int) -> str | None:
