@@ -64,8 +64,9 @@ class PostgresStore:
             finally:
                 await conn.close()
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=self._min_size, max_size=self._max_size, timeout=10, command_timeout=30
-            )
+                self._dsn, min_size=self._min_size, max_size=self._max_size, timeout=10, command_timeout=30,
+                reset=_keep_session,
+            )  # fmt: skip
         except _FAILURES as exc:
             raise StoreUnavailable(f"cannot open PostgreSQL database: {type(exc).__name__}: {exc}") from exc
 
@@ -204,6 +205,14 @@ class PostgresStore:
                 query.completion_id, after, query.limit + 1,
             )  # fmt: skip
         return Page([(r[0], r[1]) for r in rows[: query.limit]], len(rows) > query.limit)
+
+
+async def _keep_session(conn: "asyncpg.Connection[asyncpg.Record]") -> None:
+    """Reset on release only what can be left: a transaction interrupted by a cancelled request.
+    storegate leaves no other session state (LISTEN, cursors, settings, advisory locks) on pooled
+    connections, and asyncpg's default reset costs a round trip per query."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 async def _delete(conn: "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]", project: str, cid: str) -> bool:
