@@ -52,6 +52,15 @@ def fresh_db_url(request: pytest.FixtureRequest) -> str | None:
     return pg.create_database()
 
 
+@pytest.fixture(scope="module", params=STORES)
+def own_server(request: pytest.FixtureRequest, fake: FakeBackend) -> Iterator[Storegate]:
+    """A storegate on a fresh database of each kind, for one module."""
+    url = None if request.param == "sqlite" else request.getfixturevalue("postgres").create_database()
+    sg = Storegate(fake.url, db_url=url).start()
+    yield sg
+    sg.stop()
+
+
 @pytest.fixture(scope="session")
 def server(fake: FakeBackend, db_url: str | None) -> Iterator[Storegate]:
     sg = Storegate(fake.url, db_url=db_url).start()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -18,7 +17,6 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from tests.fakes import FakeBackend
 from tests.fakes.backend import CREATED as FAKE_CREATED
 from tests.server import Storegate
 
@@ -40,22 +38,9 @@ USER_HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def sg(fake: FakeBackend) -> Iterator[Storegate]:
-    server = Storegate(fake.url).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def client(sg: Storegate) -> Iterator[openai.OpenAI]:
-    with sg.client() as c:
-        yield c
-
-
-@pytest.fixture
-def http(sg: Storegate) -> Iterator[httpx.Client]:
-    with sg.http() as h:
-        yield h
+def server(own_server: Storegate) -> Storegate:
+    """This module's own storegate (a fresh database of each kind): its lists see only its own rows."""
+    return own_server
 
 
 def tag() -> dict[str, str]:

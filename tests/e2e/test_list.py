@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -25,22 +24,9 @@ MSG = [{"role": "user", "content": "generated"}]
 
 
 @pytest.fixture(scope="module")
-def sg(fake: FakeBackend) -> Iterator[Storegate]:
-    server = Storegate(fake.url).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def client(sg: Storegate) -> Iterator[openai.OpenAI]:
-    with sg.client() as c:
-        yield c
-
-
-@pytest.fixture
-def http(sg: Storegate) -> Iterator[httpx.Client]:
-    with sg.http() as h:
-        yield h
+def server(own_server: Storegate) -> Storegate:
+    """This module's own storegate (a fresh database of each kind): its lists see only its own rows."""
+    return own_server
 
 
 def run_tag() -> dict[str, str]:
