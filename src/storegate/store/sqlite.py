@@ -14,7 +14,7 @@ from storegate.errors import StoreUnavailable
 from storegate.store.base import ApiKey, ListQuery, MessagesQuery, NewCompletion, Page, Row
 from storegate.store.migrate import apply_sqlite
 from storegate.store.sql import list_sql, tags
-from storegate.store.writer import Writer, WriterOverloaded
+from storegate.store.writer import Grouped, Writer, WriterOverloaded
 
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _TAG_INSERT = "INSERT OR IGNORE INTO completion_tags VALUES (?, ?, ?, ?, ?)"
@@ -70,7 +70,7 @@ class SQLiteStore:
             db.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
 
     async def insert(self, completion: NewCompletion) -> None:
-        await self._write(lambda conn: _insert(conn, completion))
+        await self._write(Grouped(_insert_many, completion))
 
     async def get(self, project: str, completion_id: str) -> Row | None:
         with self._reading() as db:
@@ -164,17 +164,20 @@ class SQLiteStore:
             raise StoreUnavailable(f"the store could not write: {exc}") from exc
 
 
-def _insert(conn: sqlite3.Connection, c: NewCompletion) -> None:
-    conn.execute(
+def _insert_many(conn: sqlite3.Connection, completions: list[NewCompletion]) -> None:
+    conn.executemany(
         "INSERT INTO completions (id, project, created, model, response_model, backend, backend_id,"
         " incomplete, metadata, body, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (c.id, c.project, c.created, c.model, c.response_model, c.backend, c.backend_id,
-         int(c.incomplete), orjson.dumps(c.metadata), c.body, c.request),
+        [(c.id, c.project, c.created, c.model, c.response_model, c.backend, c.backend_id, int(c.incomplete),
+          orjson.dumps(c.metadata), c.body, c.request) for c in completions],
     )  # fmt: skip
-    models = {c.model} | ({c.response_model} if c.response_model else set())
-    conn.executemany(_TAG_INSERT, tags(c.project, c.id, models, c.metadata))
+    conn.executemany(_TAG_INSERT, [
+        tag for c in completions
+        for tag in tags(c.project, c.id, {c.model} | ({c.response_model} if c.response_model else set()), c.metadata)
+    ])  # fmt: skip
     conn.executemany(
-        "INSERT INTO messages VALUES (?, ?, ?)", [(c.id, i, m) for i, m in enumerate(c.messages)]
+        "INSERT INTO messages VALUES (?, ?, ?)",
+        [(c.id, i, m) for c in completions for i, m in enumerate(c.messages)],
     )
 
 

@@ -1,8 +1,9 @@
 """The one SQLite writer: a thread that runs queued write operations in group commits.
 
-Many requests' writes share one transaction and one fsync. Should an operation fail, the batch is
-rolled back and replayed one operation per transaction, so a failure reaches only its own caller.
-Nothing here runs on the event loop.
+Many requests' writes share one transaction and one fsync, and consecutive writes of one kind (the
+inserts of a busy server) run as one executemany. Should anything fail, the batch is rolled back and
+replayed one write per transaction, so a failure reaches only its own caller. Nothing here runs on
+the event loop.
 """
 
 import asyncio
@@ -16,6 +17,22 @@ from typing import Any
 log = logging.getLogger("storegate.store")
 
 Op = Callable[[sqlite3.Connection], Any]
+Many = Callable[[sqlite3.Connection, list[Any]], None]
+
+
+class Grouped:
+    """A write that may share one call of `many` with its neighbours of the same `many`."""
+
+    __slots__ = ("item", "many")
+
+    def __init__(self, many: Many, item: Any) -> None:
+        self.many = many
+        self.item = item
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        self.many(conn, [self.item])
+
+
 _Item = tuple[Op, "asyncio.Future[Any]"]
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 _BATCH_MAX = 512
@@ -111,7 +128,14 @@ def _transaction(conn: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]
     """Run the batch in one transaction; on any error roll it all back and raise."""
     try:
         conn.execute("BEGIN IMMEDIATE")
-        outcomes: list[_Outcome] = [(future, op(conn), None) for op, future in batch]
+        outcomes: list[_Outcome] = []
+        for run in _runs(batch):
+            head = run[0][0]
+            if isinstance(head, Grouped):
+                head.many(conn, [op.item for op, _ in run if isinstance(op, Grouped)])
+                outcomes += [(future, None, None) for _, future in run]
+            else:
+                outcomes.append((run[0][1], head(conn), None))
         conn.execute("COMMIT")
     except Exception:
         if conn.in_transaction:
@@ -121,6 +145,18 @@ def _transaction(conn: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]
                 log.exception("rollback failed")
         raise
     return outcomes
+
+
+def _runs(batch: list[_Item]) -> list[list[_Item]]:
+    """Split a batch into runs: consecutive Grouped writes of one `many` together, anything else alone."""
+    runs: list[list[_Item]] = []
+    for item in batch:
+        op, last = item[0], runs[-1][-1][0] if runs else None
+        if isinstance(op, Grouped) and isinstance(last, Grouped) and last.many is op.many:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
 
 
 def _resolve(outcomes: list[_Outcome]) -> None:
