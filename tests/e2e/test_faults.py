@@ -182,3 +182,30 @@ def test_thousands_of_idle_connections_do_not_stop_service(server: Storegate) ->
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_clients_that_leave_early_leave_nothing_behind(server: Storegate) -> None:
+    cancelled = server.logs().count('"status":499')
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        before = len(http.get("/v1/chat/completions?limit=100&metadata[left]=1").json()["data"])
+    # Mid-request: half a body, then gone.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 500\r\n\r\n{\"model\": \"fake-model\", \"store\": true, ")  # fmt: skip
+    # Before reading the answer: the backend is still thinking when the client goes.
+    slow = {**BODY, "model": "fake-model+fault-timeout", "metadata": {"left": "1"}}
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        payload = httpx.Request("POST", server.url + "/v1/chat/completions", json=slow).read()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)  # fmt: skip
+        time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while (
+        server.logs().count('"status":499') == cancelled
+    ):  # storegate saw the client go, dropped its request
+        assert time.monotonic() < deadline, "the abandoned request was not cancelled"
+        time.sleep(0.05)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        after = http.get("/v1/chat/completions?limit=100&metadata[left]=1").json()["data"]
+        assert len(after) == before, "nothing was produced, so nothing was stored"
+        assert http.post("/v1/chat/completions", json=BODY).status_code == 200

@@ -1,6 +1,7 @@
 """The Store contract, one suite for every implementation: the same calls, the same answers."""
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -9,6 +10,7 @@ import orjson
 import pytest
 
 from storegate.ids import IdMinter, id_floor
+from storegate.service.retention import Retention
 from storegate.settings import Settings
 from storegate.store import ListQuery, MessagesQuery, NewCompletion, Store
 from storegate.store.factory import make_store
@@ -194,5 +196,27 @@ def test_purge_takes_the_oldest_in_bounded_batches(store_url: str) -> None:
             c.id for c in made[6:] if c.project == "a"
         ]
         assert await store.list_messages(MessagesQuery(made[0].project, made[0].id, None, 5, "asc")) is None
+
+    run(store_url, body)
+
+
+def test_retention_applies_project_rules_then_the_default(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        now = time.time()
+
+        def aged(project: str, days: float) -> NewCompletion:
+            return completion(project=project, minter=IdMinter(lambda: int((now - days * 86_400) * 1e9)))
+
+        rows = {
+            "a-old": aged("a", 3), "a-new": aged("a", 0.5),  # a keeps 1 day
+            "b-old": aged("b", 3), "b-mid": aged("b", 1.5),  # b follows the default: 2 days
+            "c-old": aged("c", 40),  # c keeps 60 days
+        }  # fmt: skip
+        for c in rows.values():
+            await store.insert(c)
+        retention = Retention(store, days=2, projects={"a": 1, "c": 60}, interval=60, clock=lambda: now)
+        assert await retention.run_once() == 2
+        left = {name for name, c in rows.items() if await store.get(c.project, c.id) is not None}
+        assert left == {"a-new", "b-mid", "c-old"}
 
     run(store_url, body)
