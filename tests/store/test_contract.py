@@ -220,3 +220,21 @@ def test_retention_applies_project_rules_then_the_default(store_url: str) -> Non
         assert left == {"a-new", "b-mid", "c-old"}
 
     run(store_url, body)
+
+
+def test_several_filters_walk_the_rarest_and_page_exactly(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        made = [completion(model="m" if i % 3 else "rare-model", metadata={"a": "common", "b": str(i % 2)})
+                for i in range(30)]  # fmt: skip
+        for c in made:
+            await store.insert(c)
+        want = [c.id for i, c in enumerate(made) if i % 3 == 0 and i % 2 == 1]
+        filt: dict[str, object] = {"model": "rare-model", "metadata": {"a": "common", "b": "1"}}
+        assert [r.id for r in (await store.list(q(**filt))).items] == want
+        page = await store.list(q(**filt, order="desc", limit=2))
+        assert [r.id for r in page.items] == want[::-1][:2] and page.has_more
+        rest = await store.list(q(**filt, order="desc", limit=10, after=want[-2]))
+        assert [r.id for r in rest.items] == want[::-1][2:] and not rest.has_more
+        assert (await store.list(q(model="rare-model", metadata={"a": "nope", "b": "1"}))).items == []
+
+    run(store_url, body)

@@ -12,7 +12,7 @@ import orjson
 from storegate.errors import StoreUnavailable
 from storegate.store.base import ApiKey, ListQuery, MessagesQuery, NewCompletion, Page, Row
 from storegate.store.migrate import migrations
-from storegate.store.sql import Tag, list_sql, tags
+from storegate.store.sql import COUNT_CAP, Tag, count_sql, filters, list_sql, tags
 
 _MIGRATION_LOCK = 0x53746F7265  # "Store": one advisory lock id for every storegate
 _FAILURES = (
@@ -33,6 +33,7 @@ WITH c AS (
 INSERT INTO messages SELECT $1, i, m FROM unnest($15::int[], $16::bytea[]) AS y(i, m)
 """
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
+_COUNT = count_sql(lambda n: f"${n}")
 _TAG_INSERT = "INSERT INTO completion_tags VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
 _TAG_DELETE = (
     "DELETE FROM completion_tags WHERE project = $1 AND kind = $2 AND name = $3 AND value = $4 AND id = $5"
@@ -66,6 +67,8 @@ class PostgresStore:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min_size, max_size=self._max_size, timeout=10, command_timeout=30,
                 reset=_keep_session,
+                # Plan each list for its values: a cached generic plan merge-joins whole tag ranges.
+                server_settings={"plan_cache_mode": "force_custom_plan"},
             )  # fmt: skip
         except _FAILURES as exc:
             raise StoreUnavailable(f"cannot open PostgreSQL database: {type(exc).__name__}: {exc}") from exc
@@ -114,8 +117,14 @@ class PostgresStore:
         return Row(found[0], found[1], found[2]) if found else None
 
     async def list(self, query: ListQuery) -> Page[Row]:
-        sql, params = list_sql(query, lambda n: f"${n}", encode=str.encode)
+        walk = filters(query, str.encode)
         async with self._conn() as conn:
+            if len(walk) > 1:  # walk the rarest filter's rows and probe the others
+                counts = [await conn.fetchval(_COUNT, query.project, *f, COUNT_CAP) for f in walk]
+                if 0 in counts:
+                    return Page([], False)
+                walk = [f for _, f in sorted(zip(counts, walk, strict=True), key=lambda pair: pair[0])]
+            sql, params = list_sql(query, lambda n: f"${n}", walk)
             rows = await conn.fetch(sql, *params)
         return Page([Row(r[0], r[1], r[2]) for r in rows[: query.limit]], len(rows) > query.limit)
 

@@ -21,39 +21,56 @@ def tags(project: str, cid: str, models: set[str], metadata: dict[str, str]) -> 
     return rows
 
 
+COUNT_CAP = 1000
+
+Filter = tuple[str, Any, Any]  # kind, name, value (as the columns hold them)
+
+
 def _same(text: str) -> Any:
     return text
 
 
-def list_sql(
-    q: ListQuery, placeholder: Callable[[int], str], encode: Callable[[str], Any] = _same
-) -> tuple[str, list[Any]]:
-    """The page query (limit + 1 rows, to learn has_more). `placeholder(n)` spells parameter n
-    (1-based); `encode` turns a tag's name and value into the type its columns hold."""
+def filters(q: ListQuery, encode: Callable[[str], Any] = _same) -> list[Filter]:
+    wanted = ([(MODEL, "", q.model)] if q.model is not None else []) + [
+        (META, k, v) for k, v in sorted(q.metadata.items())
+    ]
+    return [(kind, encode(name), encode(value)) for kind, name, value in wanted]
+
+
+def count_sql(placeholder: Callable[[int], str]) -> str:
+    """How many completions one filter matches, counting no further than COUNT_CAP: enough to walk the
+    rarest filter's rows and probe the others, instead of walking whichever sorts first."""
+    ph = [placeholder(n) for n in range(1, 6)]
+    return (
+        f"SELECT count(*) FROM (SELECT 1 FROM completion_tags WHERE project = {ph[0]} AND kind = {ph[1]}"
+        f" AND name = {ph[2]} AND value = {ph[3]} LIMIT {ph[4]}) AS capped"
+    )
+
+
+def list_sql(q: ListQuery, placeholder: Callable[[int], str], walk: list[Filter]) -> tuple[str, list[Any]]:
+    """The page query (limit + 1 rows, to learn has_more): an ordered walk of the first filter's rows,
+    each probed for the other filters. `placeholder(n)` spells parameter n (1-based)."""
     params: list[Any] = []
 
     def p(value: Any) -> str:
         params.append(value)
         return placeholder(len(params))
 
-    filters = [(kind, encode(name), encode(value)) for kind, name, value in (
-        ([(MODEL, "", q.model)] if q.model is not None else []) + [(META, k, v) for k, v in sorted(q.metadata.items())]
-    )]  # fmt: skip
-    if not filters:
+    if not walk:
         sql = f"SELECT c.id, c.body, c.metadata FROM completions c WHERE c.project = {p(q.project)}"
         key = "c.id"
     else:
-        joins = "".join(
-            f" JOIN completion_tags t{i} ON t{i}.project = t0.project AND t{i}.kind = {p(kind)}"
-            f" AND t{i}.name = {p(name)} AND t{i}.value = {p(value)} AND t{i}.id = t0.id"
-            for i, (kind, name, value) in enumerate(filters[1:], start=1)
-        )
-        kind, name, value = filters[0]
+        kind, name, value = walk[0]
         sql = (
-            f"SELECT c.id, c.body, c.metadata FROM completion_tags t0{joins} JOIN completions c ON c.id = t0.id"
+            "SELECT c.id, c.body, c.metadata FROM completion_tags t0 JOIN completions c ON c.id = t0.id"
             f" WHERE t0.project = {p(q.project)} AND t0.kind = {p(kind)} AND t0.name = {p(name)}"
             f" AND t0.value = {p(value)}"
         )
+        for kind, name, value in walk[1:]:
+            sql += (
+                f" AND EXISTS (SELECT 1 FROM completion_tags t WHERE t.project = t0.project AND t.kind = {p(kind)}"
+                f" AND t.name = {p(name)} AND t.value = {p(value)} AND t.id = t0.id)"
+            )
         key = "t0.id"
     if q.after is not None:
         sql += f" AND {key} {'>' if q.order == 'asc' else '<'} {p(q.after)}"

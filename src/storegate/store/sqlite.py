@@ -4,7 +4,8 @@ writer thread in group commits (store/writer.py). WAL mode, so reads never wait 
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,9 +14,11 @@ import orjson
 from storegate.errors import StoreUnavailable
 from storegate.store.base import ApiKey, ListQuery, MessagesQuery, NewCompletion, Page, Row
 from storegate.store.migrate import apply_sqlite
-from storegate.store.sql import list_sql, tags
+from storegate.store.sql import COUNT_CAP, Filter, count_sql, filters, list_sql, tags
 from storegate.store.writer import Grouped, Writer, WriterOverloaded
 
+Rows = list[Any]
+_COUNT = count_sql(lambda _: "?")
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _TAG_INSERT = "INSERT OR IGNORE INTO completion_tags VALUES (?, ?, ?, ?, ?)"
 _TAG_DELETE = (
@@ -29,6 +32,8 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._writer = Writer(self._connect_writer, queue_max)
         self._reader: sqlite3.Connection | None = None
+        self._aside: sqlite3.Connection | None = None  # used only in _aside_pool's one thread
+        self._aside_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storegate-sqlite-reader")
         self._applied: list[int] = []
 
     @property
@@ -61,9 +66,16 @@ class SQLiteStore:
 
     async def close(self) -> None:
         await self._writer.stop()
+        await asyncio.get_running_loop().run_in_executor(self._aside_pool, self._close_aside)
+        self._aside_pool.shutdown()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+    def _close_aside(self) -> None:
+        if self._aside is not None:
+            self._aside.close()
+            self._aside = None
 
     async def ping(self) -> None:
         with self._reading() as db:
@@ -81,9 +93,14 @@ class SQLiteStore:
         return Row(*found) if found else None
 
     async def list(self, query: ListQuery) -> Page[Row]:
-        sql, params = list_sql(query, lambda _: "?")
-        with self._reading() as db:
-            rows = db.execute(sql, params).fetchall()
+        walk = filters(query)
+        if len(walk) < 2:  # one ordered index walk of ~limit rows: fastest right here on the loop
+            with self._reading() as db:
+                rows = _select(db, query, walk)
+        else:  # probing several filters can take long: keep it off the loop, in the slow reader's thread
+            rows = await self._read_aside(
+                lambda db: _select(db, query, _rarest_first(db, query.project, walk))
+            )
         return Page([Row(*r) for r in rows[: query.limit]], len(rows) > query.limit)
 
     async def update_metadata(self, project: str, completion_id: str, metadata: dict[str, str]) -> Row | None:
@@ -143,6 +160,18 @@ class SQLiteStore:
         await self._write(
             lambda conn: conn.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (when, key_id))
         )
+
+    async def _read_aside(self, read: Callable[[sqlite3.Connection], Rows]) -> Rows:
+        def run() -> Rows:
+            if self._aside is None:
+                self._aside = self._connect()
+                self._aside.execute("PRAGMA query_only = 1")
+            return read(self._aside)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._aside_pool, run)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the store could not answer: {exc}") from exc
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -221,3 +250,18 @@ def _delete(conn: sqlite3.Connection, project: str, cid: str) -> bool:
     conn.execute("DELETE FROM messages WHERE completion_id = ?", (cid,))
     conn.execute("DELETE FROM completions WHERE id = ?", (cid,))
     return True
+
+
+def _select(db: sqlite3.Connection, query: ListQuery, walk: list[Filter]) -> list[Any]:
+    if not walk and (query.model is not None or query.metadata):
+        return []  # a filter matched nothing
+    sql, params = list_sql(query, lambda _: "?", walk)
+    return db.execute(sql, params).fetchall()
+
+
+def _rarest_first(db: sqlite3.Connection, project: str, walk: list[Filter]) -> list[Filter]:
+    """The filters, the one matching fewest completions first; none at all if one matches nothing."""
+    counts = [db.execute(_COUNT, (project, *f, COUNT_CAP)).fetchone()[0] for f in walk]
+    if 0 in counts:
+        return []
+    return [f for _, f in sorted(zip(counts, walk, strict=True), key=lambda pair: pair[0])]
