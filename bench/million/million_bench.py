@@ -47,7 +47,8 @@ from tests.pg import PostgresServer, pg_bin  # noqa: E402
 from storegate.settings import Settings  # noqa: E402
 from storegate.store import ListQuery  # noqa: E402
 from storegate.store.factory import make_store  # noqa: E402
-from storegate.store.sql import list_sql  # noqa: E402
+from storegate.store.sql import COUNT_CAP, count_sql, filters, list_sql  # noqa: E402
+from storegate.store.sqlite import _rarest_first  # noqa: E402  (the walk storegate chooses)
 
 DATA = HERE / "data"
 RESULTS = HERE / "results"
@@ -557,8 +558,9 @@ async def _pg_raw(url: str, n: int, budget_s: float, out: dict[str, Any]) -> Non
                 users = list(range(gen.USERS))
                 rng.shuffle(users)
                 stmts = [
-                    list_sql(list_query(user=gen.user(u)), lambda k: f"${k}", encode=str.encode)
+                    list_sql(q, lambda k: f"${k}", filters(q, str.encode))
                     for u in users[:500]
+                    for q in (list_query(user=gen.user(u)),)
                 ]
             for sql, params in stmts[:20]:
                 await conn.fetch(sql, *params)
@@ -592,22 +594,17 @@ def wait_quiet(max_wait: float, threshold_pct: float = 40.0) -> dict[str, float]
 # ---------------------------------------------------------------- plans
 
 
-def _t0_filter(q: ListQuery) -> tuple[str, str, str] | None:
-    """The filter list_sql puts first (t0, the walk that drives the query): model, else the
-    alphabetically first metadata key."""
-    if q.model is not None:
-        return ("m", "", q.model)
-    if q.metadata:
-        key = sorted(q.metadata)[0]
-        return ("k", key, q.metadata[key])
-    return None
+def _t0_filter(walk: list[Any]) -> tuple[Any, ...] | None:
+    """The filter that drives the query (t0): the first of the walk storegate chose."""
+    return tuple(walk[0]) if walk else None
 
 
 def sqlite_plans(n: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with contextlib.closing(sqlite3.connect(f"file:{sqlite_file(n)}?mode=ro", uri=True)) as conn:
         for name, q in PLAN_QUERIES.items():
-            sql, params = list_sql(q, lambda _: "?")
+            walk = _rarest_first(conn, q.project, filters(q))
+            sql, params = list_sql(q, lambda _: "?", walk)
             rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
             depth: dict[int, int] = {0: -1}
             plan = []
@@ -627,7 +624,7 @@ def sqlite_plans(n: int) -> dict[str, Any]:
             t = time.perf_counter()  # timed again without the handler, on a warm cache
             conn.execute(sql, params).fetchall()
             elapsed = time.perf_counter() - t
-            walked = _walked(conn, q, result)
+            walked = _walked(conn, q, walk, result)
             out[name] = {
                 "sql": sql,
                 "params": params,
@@ -640,10 +637,10 @@ def sqlite_plans(n: int) -> dict[str, Any]:
     return out
 
 
-def _walked(conn: sqlite3.Connection, q: ListQuery, result: list[Any]) -> int | None:
+def _walked(conn: sqlite3.Connection, q: ListQuery, walk: list[Any], result: list[Any]) -> int | None:
     """How many entries of the driving (t0) index range an ordered walk must visit to produce this
     page: all of them if the page is short, else those from the newest down to the last row read."""
-    t0 = _t0_filter(q)
+    t0 = _t0_filter(walk)
     where = "project = ? AND kind = ? AND name = ? AND value = ?"
     params: list[Any] = [q.project, *t0] if t0 else []
     table = "completion_tags" if t0 else "completions"
@@ -674,7 +671,7 @@ async def pg_plans(url: str) -> dict[str, Any]:
     conn = await asyncpg.connect(url)
     try:
         for name, q in PLAN_QUERIES.items():
-            sql, params = list_sql(q, lambda k: f"${k}", encode=str.encode)
+            sql, params = list_sql(q, lambda k: f"${k}", await _pg_walk(conn, q))
             entry: dict[str, Any] = {
                 "sql": sql,
                 "params": [p.decode() if isinstance(p, bytes) else p for p in params],
@@ -699,7 +696,7 @@ async def pg_plans(url: str) -> dict[str, Any]:
                         },
                     }
                 )
-                _, vparams = list_sql(variant, lambda k: f"${k}", encode=str.encode)
+                _, vparams = list_sql(variant, lambda k: f"${k}", await _pg_walk(conn, variant))
                 await conn.fetch(f"EXECUTE q({', '.join(_literal(p) for p in vparams)})")
             rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE q({args})")
             entry["auto"] = [r[0] for r in rows]
@@ -713,6 +710,15 @@ async def pg_plans(url: str) -> dict[str, Any]:
     finally:
         await conn.close()
     return out
+
+
+async def _pg_walk(conn: Any, q: ListQuery) -> list[Any]:
+    """The walk PostgresStore.list chooses: rarest filter first by counts capped at COUNT_CAP."""
+    walk = filters(q, str.encode)
+    if len(walk) < 2:
+        return walk
+    counts = [await conn.fetchval(count_sql(lambda n: f"${n}"), q.project, *f, COUNT_CAP) for f in walk]
+    return [f for _, f in sorted(zip(counts, walk, strict=True), key=lambda pair: pair[0])]
 
 
 def _asdict(q: ListQuery) -> dict[str, Any]:
