@@ -376,6 +376,7 @@ def build(store_kind: str, n: int, pg: BenchPostgres | None, args: argparse.Name
         info["cached"] = True
         return info
     log(f"{store_kind} {label(n)}: building with Store.insert()")
+    DATA.mkdir(parents=True, exist_ok=True)  # a fresh clone has no cache folder yet
     marker(store_kind, n).unlink(missing_ok=True)
     if store_kind == "sqlite":
         path = sqlite_file(n)
