@@ -278,14 +278,21 @@ def _list_evidence(sc: dict[str, Any]) -> list[str]:
     out = ["", "The `list` query alone: the exact SQL storegate runs, on the same working copies, timed in the "
            "harness's process one query at a time over the scenario's paths, in batches alternating between the "
            "sizes (PostgreSQL: one asyncpg connection with prepared statements, as the server's pool):", "",
-           "| size | p50 µs | mean µs | p99 µs | queries | SQLite VM steps / query |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+           "| size | p50 µs | mean µs | p99 µs | queries | SQLite VM steps / query | PostgreSQL plans used (generic / custom) | PostgreSQL blocks per query: read / shared-buffer hit | what-if, PostgreSQL generic plan forced: p50 / mean µs |",
+           "|---|---:|---:|---:|---:|---:|---|---|---|"]  # fmt: skip
     for lab, e in ev.items():
         if e.get("error"):
-            out.append(f"| {lab} | failed: {e['error'][:200]} | | | | |")
+            out.append(f"| {lab} | failed: {e['error'][:200]} | | | | | | | |")
             continue
         t = e.get("timing", {})
+        plans = e.get("auto_plans") or {}
+        used = f"{plans.get('generic_plans')} / {plans.get('custom_plans')}" if plans else ""
+        g = e.get("timing_forced_generic") or {}
+        forced = f"{_n(g.get('p50_us'))} / {_n(g.get('mean_us'))}" if g else ""
+        b = e.get("blocks_per_query") or {}
+        blocks = f"{b.get('read')} / {b.get('hit')}" if b else ""
         out.append(f"| {lab} | {_n(t.get('p50_us'))} | {_n(t.get('mean_us'))} | {_n(t.get('p99_us'))} | "
-                   f"{_n(t.get('n'))} | {_n(e.get('vm_steps_per_query'))} |")  # fmt: skip
+                   f"{_n(t.get('n'))} | {_n(e.get('vm_steps_per_query'))} | {used} | {blocks} | {forced} |")  # fmt: skip
     first = next((e for e in ev.values() if e.get("sql")), None)
     if first:
         out += ["", f"SQL: `{first['sql']}`"]

@@ -304,19 +304,45 @@ def list_evidence(kind: str, urls: dict[str, str], workloads: dict[str, Workload
                     rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *params)
                     out[lab][f"plan_{mode}"] = [r[0] for r in rows]
                 await conn.execute("RESET plan_cache_mode")
-            times: dict[str, list[float]] = {lab: [] for lab in conns}
-            for rnd in range(rounds + 1):  # asyncpg prepares and caches each statement, as the server's pool does
-                for lab, conn in conns.items():
-                    for st, pa in stmts[lab][(rnd * per_batch) % len(stmts[lab]) :][:per_batch]:
-                        t = time.perf_counter()
-                        await conn.fetch(st, *pa)
-                        if rnd:
-                            times[lab].append(time.perf_counter() - t)
-            for lab, ts in times.items():
-                out[lab]["timing"] = _summary_us(ts)
+            # auto: PostgreSQL's own choice for a prepared statement (asyncpg prepares and caches each
+            # statement, as the server's pool does): 5 custom plans, then generic if not estimated costlier.
+            # generic: a what-if, measured here only: the same statements with plan_cache_mode forced.
+            for mode in ("auto", "generic"):
+                if mode == "generic":
+                    for conn in conns.values():
+                        await conn.execute("SET plan_cache_mode = force_generic_plan")
+                times: dict[str, list[float]] = {lab: [] for lab in conns}
+                blocks0 = {lab: await _blocks(conn) for lab, conn in conns.items()}
+                for rnd in range(rounds + 1):
+                    for lab, conn in conns.items():
+                        for st, pa in stmts[lab][(rnd * per_batch) % len(stmts[lab]) :][:per_batch]:
+                            t = time.perf_counter()
+                            await conn.fetch(st, *pa)
+                            if rnd:
+                                times[lab].append(time.perf_counter() - t)
+                blocks1 = {lab: await _blocks(conn) for lab, conn in conns.items()}
+                for lab, ts in times.items():
+                    out[lab]["timing" if mode == "auto" else "timing_forced_generic"] = _summary_us(ts)
+                    if mode == "auto":
+                        queries_run = (rounds + 1) * per_batch
+                        out[lab]["blocks_per_query"] = {k: round((blocks1[lab][k] - blocks0[lab][k]) / queries_run, 1)
+                                                        for k in ("read", "hit")}  # fmt: skip
+                        row = await conns[lab].fetchrow(
+                            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+                            stmts[lab][0][0],
+                        )
+                        out[lab]["auto_plans"] = dict(row) if row else None
             return out
         finally:
             for conn in conns.values():
                 await conn.close()
+
+    async def _blocks(conn: Any) -> dict[str, int]:
+        """This database's shared-buffer hits and reads (blocks PostgreSQL had to fetch from the OS),
+        after flushing this backend's pending statistics."""
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await conn.execute("SELECT 1")  # a transaction end: the flush happens here
+        row = await conn.fetchrow("SELECT blks_read, blks_hit FROM pg_stat_database WHERE datname = current_database()")
+        return {"read": int(row[0]), "hit": int(row[1])}
 
     return asyncio.run(pg())
