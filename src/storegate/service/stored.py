@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import orjson
 
 from storegate.errors import InvalidRequest, not_found
-from storegate.ids import id_floor, is_completion_id, parse_message_id
+from storegate.ids import id_floor, is_completion_id, message_id, parse_message_id
 from storegate.service.call import parse_object
 from storegate.service.metadata import validate_metadata
 from storegate.service.paging import page_body, parse_paging
@@ -87,7 +87,7 @@ class StoredCompletions:
         )
         if page is None:
             raise not_found(completion_id)
-        return page_body([(f"{completion_id}-{i}", item) for i, item in page.items], page.has_more)
+        return page_body([(message_id(completion_id, i), item) for i, item in page.items], page.has_more)
 
 
 def metadata_filters(params: Params) -> dict[str, str]:
