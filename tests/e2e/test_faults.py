@@ -81,6 +81,40 @@ def test_postgres_restart_under_load(fake: FakeBackend, own_postgres: PostgresSe
         sg.stop()
 
 
+def test_revocation_still_reaches_a_server_after_postgres_restarts(
+    fake: FakeBackend, own_postgres: PostgresServer
+) -> None:
+    """The server remembers keys while PostgreSQL's notifications reach it; after a restart it must
+    listen again (or not remember at all) so that a revocation is still seen on the next request."""
+    sg = Storegate(fake.url, db_url=own_postgres.create_database())
+    secrets = []
+    for project in ("a", "b"):
+        out = sg.cli("keys", "create", "--project", project)
+        assert out.returncode == 0, out.stderr
+        secrets.append(out.stdout.strip().splitlines()[-1])
+    key_id = next(w for w in sg.cli("keys", "list").stdout.split() if w.startswith("key_"))
+    sg.start()
+    try:
+        with httpx.Client(base_url=sg.url, timeout=15) as http:
+            auth = [{"Authorization": f"Bearer {s}"} for s in secrets]
+            for _ in range(3):
+                assert [http.get("/v1/chat/completions", headers=h).status_code for h in auth] == [200, 200]
+            own_postgres.halt()
+            assert http.get("/v1/chat/completions", headers=auth[0]).status_code == 503
+            own_postgres.resume()
+            deadline = time.monotonic() + 20
+            while http.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "storegate did not reconnect"
+                time.sleep(0.1)
+            for _ in range(3):
+                assert [http.get("/v1/chat/completions", headers=h).status_code for h in auth] == [200, 200]
+            assert sg.cli("keys", "revoke", key_id).returncode == 0
+            statuses = [http.get("/v1/chat/completions", headers=h).status_code for h in auth]
+            assert sorted(statuses) == [200, 401], "exactly the revoked one of the two keys fails"
+    finally:
+        sg.stop()
+
+
 def _limit_file_size(pid: int, size: int | str) -> None:
     """Set the soft limit on file size of a running process (the hard one may not be raised again)."""
     subprocess.run(["prlimit", f"--pid={pid}", f"--fsize={size}:"], check=True)

@@ -97,7 +97,8 @@ def test_projects_are_isolated(world: World) -> None:
 def test_revoked_key_fails_at_once(world: World) -> None:
     secret = world.create_key("gamma")
     client = world.client(secret)
-    assert client.chat.completions.list().data == []
+    for _ in range(3):  # the server now remembers the key: revoking must still reach it
+        assert client.chat.completions.list().data == []
     out = world.sg.cli("keys", "revoke", world.key_ids[secret])
     assert out.returncode == 0, out.stderr
     with pytest.raises(openai.AuthenticationError):
@@ -146,3 +147,27 @@ def test_without_keys_everything_is_one_local_project(server: Storegate) -> None
             http.get("/v1/chat/completions", headers={"Authorization": "Bearer anything"}).status_code == 200
         )
         assert http.get("/v1/chat/completions").status_code == 200
+
+
+def test_the_first_key_locks_the_door_at_once(fake: FakeBackend, fresh_db_url: str | None) -> None:
+    """With no keys, the server remembers "no key is active"; the first key created by another
+    process must end keyless access on the very next request, on either store."""
+    sg = Storegate(fake.url, db_url=fresh_db_url).start()
+    try:
+        with sg.http() as http:
+            for _ in range(3):
+                assert http.get("/v1/chat/completions").status_code == 200
+            w = World(sg)
+            first = w.create_key("first")
+            assert http.get("/v1/chat/completions").status_code == 401
+            second = w.create_key("second")
+            auth = [{"Authorization": f"Bearer {s}"} for s in (first, second)]
+            for _ in range(2):
+                assert [http.get("/v1/chat/completions", headers=h).status_code for h in auth] == [200, 200]
+            assert sg.cli("keys", "revoke", w.key_ids[first]).returncode == 0
+            assert [http.get("/v1/chat/completions", headers=h).status_code for h in auth] == [401, 200]
+            # Once no key is active, the server is keyless again (the documented default).
+            assert sg.cli("keys", "revoke", w.key_ids[second]).returncode == 0
+            assert http.get("/v1/chat/completions").status_code == 200
+    finally:
+        sg.stop()

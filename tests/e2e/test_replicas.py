@@ -52,6 +52,23 @@ def test_two_replicas_are_one_server(replicas: tuple[Storegate, Storegate]) -> N
         assert [c.id for c in b.chat.completions.list(metadata={"r": "1"}, limit=100).data] == stable
 
 
+def test_a_revocation_reaches_every_replica_at_once(replicas: tuple[Storegate, Storegate]) -> None:
+    one, two = replicas
+    assert one.cli("keys", "create", "--project", "stays").returncode == 0  # else revoking opens the door
+    out = one.cli("keys", "create", "--project", "shared")
+    assert out.returncode == 0, out.stderr
+    secret = out.stdout.strip().splitlines()[-1]
+    key_id = next(w for w in out.stdout.split() if w.startswith("key_"))
+    with one.client(api_key=secret) as a, two.client(api_key=secret) as b:
+        for _ in range(3):  # both replicas now remember the key
+            a.chat.completions.list()
+            b.chat.completions.list()
+        assert two.cli("keys", "revoke", key_id).returncode == 0
+        for client in (a, b):
+            with pytest.raises(openai.AuthenticationError):
+                client.chat.completions.list()
+
+
 def test_paginated_walk_sees_each_once_while_replicas_write(replicas: tuple[Storegate, Storegate]) -> None:
     one, two = replicas
     with one.client() as a, two.client() as b:

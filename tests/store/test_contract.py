@@ -12,7 +12,7 @@ import pytest
 from storegate.ids import IdMinter, id_floor
 from storegate.service.retention import Retention
 from storegate.settings import Settings
-from storegate.store import ListQuery, MessagesQuery, NewCompletion, Store
+from storegate.store import ApiKey, ListQuery, MessagesQuery, NewCompletion, Store
 from storegate.store.factory import make_store
 from tests.pg import PostgresServer
 
@@ -236,5 +236,34 @@ def test_several_filters_walk_the_rarest_and_page_exactly(store_url: str) -> Non
         rest = await store.list(q(**filt, order="desc", limit=10, after=want[-2]))
         assert [r.id for r in rest.items] == want[::-1][2:] and not rest.has_more
         assert (await store.list(q(model="rare-model", metadata={"a": "nope", "b": "1"}))).items == []
+
+    run(store_url, body)
+
+
+def test_key_epoch_moves_when_another_process_changes_keys(store_url: str) -> None:
+    """`key_epoch` is what lets a server remember keys: it must move when keys change elsewhere (here
+    a second store on the same database, as `storegate keys` would be), and only be None when the
+    store cannot tell."""
+
+    async def body(store: Store) -> None:
+        other = make_store(Settings(db=store_url))
+        await other.open()
+        try:
+            still = store.key_epoch()
+            assert still is not None and store.key_epoch() == still, "no change, no move"
+            key = ApiKey(id="key_0123456789abcdef", project="p", prefix="sg-abcd", rpm=None, created=1,
+                         last_used=None, revoked=None)  # fmt: skip
+            for change in (other.add_key(key, b"h" * 32), other.revoke_key(key.id, 2)):
+                before = store.key_epoch()
+                await change
+                for _ in range(1000):  # PostgreSQL tells by NOTIFY: it arrives (within 10 s), not returns
+                    if store.key_epoch() != before:
+                        break
+                    await asyncio.sleep(0.01)
+                assert store.key_epoch() not in (before, None)
+            found, active = await store.find_key(b"h" * 32)
+            assert found is not None and found.revoked == 2 and not active
+        finally:
+            await other.close()
 
     run(store_url, body)

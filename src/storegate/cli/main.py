@@ -32,6 +32,7 @@ def _serve_flags(serve: argparse.ArgumentParser) -> None:
     add("--backend-total-timeout", type=float, help="seconds for a whole backend answer (default: none)")
     add("--max-inflight", type=int, help="creates in flight before new ones get 503 (1000)")
     add("--sqlite-synchronous", help="SQLite synchronous pragma: FULL (default) or NORMAL")
+    add("--sqlite-cache-mib", type=int, help="SQLite page cache per connection, in MiB (64)")
     add("--write-queue-max", type=int, help="pending writes before new ones get 503 (10000)")
     add("--shutdown-timeout", type=float, help="seconds SIGTERM waits for in-flight requests")
     add("--retention-days", type=int, help="delete completions older than this (default: keep)")

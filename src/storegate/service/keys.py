@@ -2,6 +2,11 @@
 
 Only a key's SHA-256 is stored (keys are 256-bit random, so a slow hash adds nothing). With no
 active key anywhere, every request belongs to the one local project.
+
+What the store said about a key is remembered for as long as the store's key epoch stays the same
+(`Store.key_epoch`: SQLite's data_version, PostgreSQL's count of key-change notifications), so a
+request costs no key lookup, and a key created or revoked by any process or replica is seen on the
+next request after the epoch moves.
 """
 
 import asyncio
@@ -18,6 +23,8 @@ from storegate.store import ApiKey, Store
 DEFAULT_PROJECT = "default"
 _PREFIX = "sg-"
 _TOUCH_EVERY = 60.0
+_CACHE_MAX = 4096  # remembered lookups (wrong keys too) before the memory starts over
+_ANY = b""  # no key hashes to the empty string: the cache's slot for "is any key active?"
 _PROJECT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
@@ -46,6 +53,8 @@ class Keys:
         self._clock = clock
         self._touched: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._known: dict[bytes, tuple[ApiKey | None, bool]] = {}
+        self._known_epoch: object = None
 
     async def create(self, project: str, rpm: int | None = None) -> tuple[ApiKey, str]:
         """A new key; its secret is returned once and never stored."""
@@ -59,13 +68,11 @@ class Keys:
         """The caller's project; raises Unauthorized (401) or RateLimited (429)."""
         scheme, _, secret = (authorization or "").partition(" ")
         secret = secret.strip() if scheme.lower() == "bearer" else ""
-        key, any_active = await self._store.find_key(hash_secret(secret)) if secret else (None, None)
+        key, any_active = await self._find(hash_secret(secret) if secret else _ANY)
         if key is not None and key.revoked is None:
             self._limiter.take(key.id, key.rpm if key.rpm is not None else self._default_rpm)
             self._touch(key.id)
             return Principal(key.project, key.id)
-        if any_active is None:
-            any_active = await self.any_active()
         if not any_active:
             return Principal(DEFAULT_PROJECT, None)
         if not secret:
@@ -76,9 +83,25 @@ class Keys:
         raise Unauthorized("Incorrect API key provided.", code="invalid_api_key")
 
     async def any_active(self) -> bool:
-        # No key has the empty hash: this only asks whether any key is active.
-        _, active = await self._store.find_key(b"")
+        _, active = await self._find(_ANY)
         return active
+
+    async def _find(self, secret_hash: bytes) -> tuple[ApiKey | None, bool]:
+        """The store's `find_key`, answered from memory while the store's key epoch stands still."""
+        epoch = self._store.key_epoch()
+        if epoch is not None and epoch == self._known_epoch:
+            known = self._known.get(secret_hash)
+            if known is not None:
+                return known
+        found = await self._store.find_key(secret_hash)
+        # Remember only what was read within one epoch: if keys moved during the lookup, the next
+        # request asks again.
+        if epoch is not None and self._store.key_epoch() == epoch:
+            if epoch != self._known_epoch or len(self._known) >= _CACHE_MAX:
+                self._known = {}
+                self._known_epoch = epoch
+            self._known[secret_hash] = found
+        return found
 
     def _touch(self, key_id: str) -> None:
         now = self._clock()

@@ -120,6 +120,11 @@ class Store(Protocol):
     async def touch_key(self, key_id: str, when: int) -> None:
         """Record a use; callers throttle this, it is a write."""
 
+    def key_epoch(self) -> object:
+        """A value that changes whenever api_keys may have changed, by any process or replica, before
+        that change can be read here; None when the store cannot tell (nothing may be cached then).
+        It is read on every request, so it must be cheap and must not block for long."""
+
     async def purge(self, before_id: str, project: str | None, exclude: tuple[str, ...], limit: int) -> int:
         """Delete up to `limit` of the oldest completions with ids below `before_id` (in `project`, or
         in every project but `exclude`), with their messages; returns how many went."""

@@ -22,6 +22,7 @@ def make_store(settings: Settings) -> Store:
         return SQLiteStore(
             sqlite_path(settings.db),
             synchronous=settings.sqlite_synchronous,
+            cache_mib=settings.sqlite_cache_mib,
             queue_max=settings.write_queue_max,
         )
     if settings.db.startswith(POSTGRES_PREFIXES):

@@ -12,6 +12,7 @@ import orjson
 from storegate.errors import StoreUnavailable
 from storegate.store.base import ApiKey, ListQuery, MessagesQuery, NewCompletion, Page, Row
 from storegate.store.migrate import migrations
+from storegate.store.pg_listen import KeyListener
 from storegate.store.sql import COUNT_CAP, Tag, count_sql, filters, list_sql, tags
 
 _MIGRATION_LOCK = 0x53746F7265  # "Store": one advisory lock id for every storegate
@@ -52,6 +53,7 @@ class PostgresStore:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._applied: list[int] = []
+        self._key_changes = KeyListener(dsn)
 
     @property
     def migrations_applied(self) -> list[int]:
@@ -72,8 +74,10 @@ class PostgresStore:
             )  # fmt: skip
         except _FAILURES as exc:
             raise StoreUnavailable(f"cannot open PostgreSQL database: {type(exc).__name__}: {exc}") from exc
+        await self._key_changes.start()
 
     async def close(self) -> None:
+        await self._key_changes.stop()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -195,6 +199,9 @@ class PostgresStore:
     async def touch_key(self, key_id: str, when: int) -> None:
         async with self._conn() as conn:
             await conn.execute("UPDATE api_keys SET last_used = $1 WHERE id = $2", when, key_id)
+
+    def key_epoch(self) -> object:
+        return self._key_changes.epoch
 
     async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
         cmp = ">" if query.order == "asc" else "<"

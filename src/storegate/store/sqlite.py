@@ -19,6 +19,7 @@ from storegate.store.writer import Grouped, Writer, WriterOverloaded
 
 Rows = list[Any]
 _COUNT = count_sql(lambda _: "?")
+_GET = "SELECT id, body, metadata FROM completions WHERE id = ? AND project = ?"
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _TAG_INSERT = "INSERT OR IGNORE INTO completion_tags VALUES (?, ?, ?, ?, ?)"
 _TAG_DELETE = (
@@ -27,14 +28,18 @@ _TAG_DELETE = (
 
 
 class SQLiteStore:
-    def __init__(self, path: str, *, synchronous: str = "FULL", queue_max: int = 10_000) -> None:
+    def __init__(
+        self, path: str, *, synchronous: str = "FULL", cache_mib: int = 64, queue_max: int = 10_000
+    ) -> None:
         self._path = path
         self._synchronous = synchronous.upper()
+        self._cache_kib = cache_mib * 1024
         self._writer = Writer(self._connect_writer, queue_max)
         self._reader: sqlite3.Connection | None = None
         self._aside: sqlite3.Connection | None = None  # used only in _aside_pool's one thread
         self._aside_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storegate-sqlite-reader")
         self._applied: list[int] = []
+        self._epoch: int | None = None
 
     @property
     def migrations_applied(self) -> list[int]:
@@ -43,6 +48,9 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
+        # Measured (bench/): SQLite's default 2 MiB cache made a retrieve on a 56 MB store cost
+        # ~70 us in page reads from the OS; a cache that holds the hot B-tree pages makes it ~30 us.
+        conn.execute(f"PRAGMA cache_size = -{self._cache_kib}")
         return conn
 
     def _connect_writer(self) -> sqlite3.Connection:
@@ -85,11 +93,13 @@ class SQLiteStore:
         await self._write(Grouped(_insert_many, completion))
 
     async def get(self, project: str, completion_id: str) -> Row | None:
-        with self._reading() as db:
-            found = db.execute(
-                "SELECT id, body, metadata FROM completions WHERE id = ? AND project = ?",
-                (completion_id, project),
-            ).fetchone()
+        # The hottest read: no context manager, a plain try (measured: ~2 us of 16 per call).
+        if self._reader is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            found = self._reader.execute(_GET, (completion_id, project)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the store could not answer: {exc}") from exc
         return Row(*found) if found else None
 
     async def list(self, query: ListQuery) -> Page[Row]:
@@ -160,6 +170,23 @@ class SQLiteStore:
         await self._write(
             lambda conn: conn.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (when, key_id))
         )
+
+    def key_epoch(self) -> object:
+        """data_version moves whenever another connection commits: this process's writer thread, or
+        `storegate keys` in another process. It is read once per pass of the event loop, by the first
+        request of the pass to ask, and forgotten at the start of the next pass (call_soon is FIFO).
+        Every request of a pass was read from its socket before the pass began, so a request sent
+        after a key change committed always sees that change."""
+        if self._epoch is None and self._reader is not None:
+            try:
+                self._epoch = self._reader.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                return None
+            asyncio.get_running_loop().call_soon(self._forget_epoch)
+        return self._epoch
+
+    def _forget_epoch(self) -> None:
+        self._epoch = None
 
     async def _read_aside(self, read: Callable[[sqlite3.Connection], Rows]) -> Rows:
         def run() -> Rows:
