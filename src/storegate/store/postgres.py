@@ -69,8 +69,6 @@ class PostgresStore:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min_size, max_size=self._max_size, timeout=10, command_timeout=30,
                 reset=_keep_session,
-                # Plan each list for its values: a cached generic plan merge-joins whole tag ranges.
-                server_settings={"plan_cache_mode": "force_custom_plan"},
             )  # fmt: skip
         except _FAILURES as exc:
             raise StoreUnavailable(f"cannot open PostgreSQL database: {type(exc).__name__}: {exc}") from exc

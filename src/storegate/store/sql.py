@@ -58,25 +58,38 @@ def list_sql(q: ListQuery, placeholder: Callable[[int], str], walk: list[Filter]
 
     if not walk:
         sql = f"SELECT c.id, c.body, c.metadata FROM completions c WHERE c.project = {p(q.project)}"
-        key = "c.id"
-    else:
-        kind, name, value = walk[0]
-        sql = (
-            "SELECT c.id, c.body, c.metadata FROM completion_tags t0 JOIN completions c ON c.id = t0.id"
-            f" WHERE t0.project = {p(q.project)} AND t0.kind = {p(kind)} AND t0.name = {p(name)}"
-            f" AND t0.value = {p(value)}"
+        sql += _bounds(q, "c.id", p) + f" ORDER BY c.id {q.order.upper()} LIMIT {p(q.limit + 1)}"
+        return sql, params
+    # The walk picks the page's ids alone (an index-only scan, probes included), and only those
+    # limit + 1 ids fetch their completions: the join can never become a scan of completions, even
+    # under a cached generic plan that does not know how rare the filter is.
+    kind, name, value = walk[0]
+    inner = (
+        f"SELECT t0.id FROM completion_tags t0 WHERE t0.project = {p(q.project)} AND t0.kind = {p(kind)}"
+        f" AND t0.name = {p(name)} AND t0.value = {p(value)}"
+    )
+    for kind, name, value in walk[1:]:
+        # A scalar subquery (the tag's primary key: one row or none), not EXISTS: planners turn
+        # EXISTS into a join, and a cached generic plan merge-joins whole tag ranges; this stays
+        # one index probe per walked row, whatever the plan.
+        inner += (
+            f" AND (SELECT 1 FROM completion_tags t WHERE t.project = t0.project AND t.kind = {p(kind)}"
+            f" AND t.name = {p(name)} AND t.value = {p(value)} AND t.id = t0.id) IS NOT NULL"
         )
-        for kind, name, value in walk[1:]:
-            sql += (
-                f" AND EXISTS (SELECT 1 FROM completion_tags t WHERE t.project = t0.project AND t.kind = {p(kind)}"
-                f" AND t.name = {p(name)} AND t.value = {p(value)} AND t.id = t0.id)"
-            )
-        key = "t0.id"
+    inner += _bounds(q, "t0.id", p) + f" ORDER BY t0.id {q.order.upper()} LIMIT {p(q.limit + 1)}"
+    sql = (
+        f"SELECT c.id, c.body, c.metadata FROM ({inner}) AS w JOIN completions c ON c.id = w.id"
+        f" ORDER BY c.id {q.order.upper()}"
+    )
+    return sql, params
+
+
+def _bounds(q: ListQuery, key: str, p: Callable[[Any], str]) -> str:
+    sql = ""
     if q.after is not None:
         sql += f" AND {key} {'>' if q.order == 'asc' else '<'} {p(q.after)}"
     if q.id_from is not None:
         sql += f" AND {key} >= {p(q.id_from)}"
     if q.id_before is not None:
         sql += f" AND {key} < {p(q.id_before)}"
-    sql += f" ORDER BY {key} {q.order.upper()} LIMIT {p(q.limit + 1)}"
-    return sql, params
+    return sql

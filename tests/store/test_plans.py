@@ -1,0 +1,70 @@
+"""A list's cost must not depend on PostgreSQL's plan cache. asyncpg prepares every statement once per
+connection, and after five runs PostgreSQL may keep a generic plan, made without knowing how rare the
+filter is. Such a plan once merge-joined whole tag ranges (thousands of rows for a page of 20). Here
+the list queries run under a forced generic plan, over a filter that matches all and one that matches
+few, and must still read about a page's worth of buffers."""
+
+import asyncio
+import re
+
+import asyncpg
+import pytest
+
+from storegate.store.base import ListQuery
+from storegate.store.postgres import PostgresStore
+from storegate.store.sql import filters, list_sql
+from tests.pg import PostgresServer
+from tests.store.test_contract import completion
+
+ROWS = 4000
+RARE_EVERY = 200  # 20 rare rows: one page
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, bytes):
+        return "'\\x" + value.hex() + "'::bytea"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _type(value: object) -> str:
+    return "bytea" if isinstance(value, bytes) else "int" if isinstance(value, int) else "text"
+
+
+@pytest.mark.parametrize("walk", ["rare", "rare+common", "model+rare"])
+def test_generic_plans_read_a_page_not_the_store(postgres: PostgresServer, walk: str) -> None:
+    url = postgres.create_database()
+
+    async def main() -> None:
+        store = PostgresStore(url)
+        await store.open()
+        sem = asyncio.Semaphore(16)
+
+        async def insert(i: int) -> None:
+            async with sem:
+                rare = "yes" if i % RARE_EVERY == 0 else "no"
+                await store.insert(completion(model="m", metadata={"all": "1", "rare": rare}))
+
+        await asyncio.gather(*(insert(i) for i in range(ROWS)))
+        await store.close()
+        metadata = {"rare": "yes"} | ({"all": "1"} if "common" in walk else {})
+        query = ListQuery(project="p", model="m" if "model" in walk else None, metadata=metadata,
+                          after=None, limit=20, order="desc")  # fmt: skip
+        rarest = [f for f in filters(query, str.encode) if f[1] == b"rare"]
+        sql, params = list_sql(query, lambda n: f"${n}", rarest + [f for f in filters(query, str.encode)
+                                                                   if f not in rarest])  # fmt: skip
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("ANALYZE")
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            await conn.execute(f"PREPARE page({', '.join(_type(v) for v in params)}) AS {sql}")
+            plan = "\n".join(r[0] for r in await conn.fetch(
+                f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE page({', '.join(_literal(v) for v in params)})"))  # fmt: skip
+        finally:
+            await conn.close()
+        assert "$1" in plan or "$2" in plan, "the plan must be the generic one"
+        hits = int(re.search(r"Buffers: shared hit=(\d+)", plan).group(1))  # type: ignore[union-attr]
+        assert hits < 600, f"a page of 20 read {hits} buffers:\n{plan}"
+
+    asyncio.run(main())
