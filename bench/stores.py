@@ -119,7 +119,9 @@ class Postgres:
         return out.stdout.strip()
 
     def version(self) -> str | None:
-        return self._psql("SHOW server_version") if self.pg else None
+        if not self.pg:
+            return None
+        return f"{self._psql('SHOW server_version')}, shared_buffers {self._psql('SHOW shared_buffers')}"
 
     def stop(self) -> None:
         if self.pg is None:
