@@ -21,13 +21,15 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
     """One model backend. `models` lists the models it serves (glob patterns allowed); None serves
-    any model no other backend claims. `pass_store` forwards `store` and `metadata` to it."""
+    any model no other backend claims. `pass_store` forwards `store` and `metadata` to it;
+    `pass_client_key` sends it the client's own Authorization (only while storegate has no keys)."""
 
     name: str
     url: str
     key: str | None = None
     models: tuple[str, ...] | None = None
     pass_store: bool = False
+    pass_client_key: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +171,7 @@ def _backend(path: Path, index: int, entry: Any) -> BackendConfig:
     where = f"{path}: backends[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a table")
-    unknown = set(entry) - {"name", "url", "key", "key_env", "models", "pass_store"}
+    unknown = set(entry) - {"name", "url", "key", "key_env", "models", "pass_store", "pass_client_key"}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     url = entry.get("url")
@@ -184,12 +186,15 @@ def _backend(path: Path, index: int, entry: Any) -> BackendConfig:
     ):
         raise ConfigError(f"{where}: models must be a list of model names")
     pass_store = entry.get("pass_store", False)
-    if not isinstance(pass_store, bool):
-        raise ConfigError(f"{where}: pass_store must be true or false")
+    pass_client_key = entry.get("pass_client_key", False)
+    for name, value in (("pass_store", pass_store), ("pass_client_key", pass_client_key)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {name} must be true or false")
     return BackendConfig(
         name=str(entry.get("name") or f"backend{index}"),
         url=url.rstrip("/"),
         key=key if isinstance(key, str) and key else None,
         models=tuple(models) if models is not None else None,
         pass_store=pass_store,
+        pass_client_key=pass_client_key,
     )

@@ -356,3 +356,39 @@ def test_no_key_in_any_log(keyed_server: Storegate, wrong_key_server: Storegate)
         assert logs, "the server logs something at DEBUG"
         for key in (BACKEND_KEY, WRONG_KEY, CLIENT_KEY):
             assert key not in logs, f"{key} appears in the log"
+
+
+def test_pass_client_key_sends_the_clients_own_key_only_while_storegate_has_none(
+    keyed_fake: FakeBackend, tmp_path: Path
+) -> None:
+    """`pass_client_key = true`: each client brings its own backend key (OpenAI-style), storegate
+    forwards it and adds none. Once storegate keys exist, the Authorization header carries a
+    storegate key, and that is never forwarded."""
+    config = tmp_path / "storegate.toml"
+    config.write_text(f'[[backends]]\nname = "own"\nurl = "{keyed_fake.url}"\npass_client_key = true\n'
+                      f'key = "{WRONG_KEY}"\n')  # fmt: skip
+    sg = Storegate(None, args=["--config", str(config)]).start()
+    try:
+        keyed_fake.clear()
+        with sg.client(api_key=BACKEND_KEY) as own:
+            done = own.chat.completions.create(model="fake-model", messages=USER, store=True)
+            assert own.chat.completions.retrieve(done.id).id == done.id
+            assert list(own.chat.completions.create(model="fake-model", messages=USER, stream=True))
+            assert [m.id for m in own.models.list()] == ["fake-model"]
+        with sg.client(api_key=CLIENT_KEY) as wrong, pytest.raises(openai.AuthenticationError):
+            wrong.chat.completions.create(model="fake-model", messages=USER)
+        assert [r["authorization"] for r in keyed_fake.requests()] == [f"Bearer {BACKEND_KEY}"] * 2 + [
+            f"Bearer {CLIENT_KEY}"
+        ]
+
+        out = sg.cli("keys", "create", "--project", "p")
+        assert out.returncode == 0, out.stderr
+        secret = out.stdout.strip().splitlines()[-1]
+        keyed_fake.clear()
+        with sg.client(api_key=secret) as keyed, pytest.raises(openai.AuthenticationError):
+            keyed.chat.completions.create(model="fake-model", messages=USER)  # the backend got WRONG_KEY
+        seen = keyed_fake.requests()
+        assert [r["authorization"] for r in seen] == [f"Bearer {WRONG_KEY}"]
+        assert secret not in sg.logs() and all(secret not in str(r) for r in seen)
+    finally:
+        sg.stop()

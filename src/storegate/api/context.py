@@ -34,5 +34,12 @@ def project(request: web.Request) -> str:
     return value if isinstance(value, str) else DEFAULT_PROJECT
 
 
+def client_key(request: web.Request) -> str | None:
+    """The client's Authorization header, when it is the client's own key and not a storegate key;
+    backends with pass_client_key receive it."""
+    value = request.get("client_key")
+    return value if isinstance(value, str) else None
+
+
 def request_id(request: web.Request) -> str:
     return str(request["request_id"])

@@ -81,6 +81,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if request.path.startswith("/v1/"):
         principal = await request.app[SERVICES].keys.authenticate(request.headers.get("Authorization"))
         request["project"] = principal.project
+        if principal.key_id is None:  # no storegate key was used: the header is the client's own
+            request["client_key"] = request.headers.get("Authorization")
     return await handler(request)
 
 

@@ -5,7 +5,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from storegate.api.context import project, request_id, services
+from storegate.api.context import client_key, project, request_id, services
 from storegate.api.middleware import JSON, error_response
 from storegate.errors import RequestTimeout, StoregateError
 from storegate.service import ChatStream, list_models
@@ -31,7 +31,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     with services(request).gate.slot():
         raw = await _body(request)
         chat = services(request).chat
-        result = await chat.create(raw, project=project(request), request_id=request_id(request))
+        result = await chat.create(raw, project=project(request), request_id=request_id(request),
+                                   client_key=client_key(request))  # fmt: skip
         if isinstance(result, bytes):
             return _json(result)
         return await _send_stream(request, result)
@@ -79,7 +80,7 @@ async def get_chat_completion_messages(request: web.Request) -> web.Response:
 
 
 async def list_models_route(request: web.Request) -> web.Response:
-    return _json(await list_models(services(request).router))
+    return _json(await list_models(services(request).router, client_key(request)))
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -40,10 +40,18 @@ class Backend:
     def scrub(self, text: str) -> str:
         return text.replace(self.config.key, "***") if self.config.key else text
 
-    async def post(self, body: bytes, request_id: str) -> "Upstream":
-        """POST a chat completion; returns the open response once its status is 200."""
+    def _headers(self, client_key: str | None, extra: dict[str, str]) -> dict[str, str]:
+        """The client's own Authorization replaces ours only where the operator allowed it."""
+        if client_key and self.config.pass_client_key:
+            extra["Authorization"] = client_key
+        return extra
+
+    async def post(self, body: bytes, request_id: str, client_key: str | None = None) -> "Upstream":
+        """POST a chat completion; returns the open response once its status is 200. `client_key` is
+        the client's Authorization header when it may be passed on (no storegate keys exist)."""
+        headers = self._headers(client_key, {"X-Request-Id": request_id})
         try:
-            resp = await self._session.post(self.chat_url, data=body, headers={"X-Request-Id": request_id})
+            resp = await self._session.post(self.chat_url, data=body, headers=headers)
         except _TRANSPORT as exc:
             raise self.failure(exc) from None
         if resp.status != 200:
@@ -53,9 +61,9 @@ class Backend:
                 resp.release()
         return Upstream(self, resp)
 
-    async def models(self) -> list[dict[str, Any]]:
+    async def models(self, client_key: str | None = None) -> list[dict[str, Any]]:
         try:
-            async with self._session.get(self.models_url) as resp:
+            async with self._session.get(self.models_url, headers=self._headers(client_key, {})) as resp:
                 if resp.status != 200:
                     raise await self._rejection(resp)
                 doc = orjson.loads(await resp.read())

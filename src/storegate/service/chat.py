@@ -20,11 +20,13 @@ class Chat:
         self._minter = IdMinter()
         self._store_default = store_default
 
-    async def create(self, raw: bytes, *, project: str, request_id: str) -> bytes | ChatStream:
+    async def create(
+        self, raw: bytes, *, project: str, request_id: str, client_key: str | None = None
+    ) -> bytes | ChatStream:
         """The response body, or for `stream: true` a ChatStream whose backend has answered 200."""
         call = prepare(raw, project=project, request_id=request_id, router=self._router, minter=self._minter,
                        store_default=self._store_default)  # fmt: skip
-        upstream = await call.backend.post(call.forward, request_id)
+        upstream = await call.backend.post(call.forward, request_id, client_key)
         if call.stream:
             if not upstream.is_event_stream:
                 upstream.close()

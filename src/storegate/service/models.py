@@ -8,8 +8,8 @@ import orjson
 from storegate.backends import Backend, Router
 
 
-async def list_models(router: Router) -> bytes:
-    results = await asyncio.gather(*(_models(b) for b in router.backends), return_exceptions=True)
+async def list_models(router: Router, client_key: str | None = None) -> bytes:
+    results = await asyncio.gather(*(_models(b, client_key) for b in router.backends), return_exceptions=True)
     seen: dict[str, dict[str, Any]] = {}
     failures: list[BaseException] = []
     for result in results:
@@ -24,10 +24,10 @@ async def list_models(router: Router) -> bytes:
     return orjson.dumps({"object": "list", "data": list(seen.values())})
 
 
-async def _models(backend: Backend) -> list[dict[str, Any]]:
+async def _models(backend: Backend, client_key: str | None) -> list[dict[str, Any]]:
     names = backend.config.models
     if names is None:
-        return await backend.models()
+        return await backend.models(client_key)
     return [
         {"id": name, "object": "model", "created": 0, "owned_by": backend.name}
         for name in names
