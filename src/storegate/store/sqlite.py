@@ -221,20 +221,32 @@ class SQLiteStore:
 
 
 def _insert_many(conn: sqlite3.Connection, completions: list[NewCompletion]) -> None:
-    conn.executemany(
-        "INSERT INTO completions (id, project, created, model, response_model, backend, backend_id,"
-        " incomplete, metadata, body, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(c.id, c.project, c.created, c.model, c.response_model, c.backend, c.backend_id, int(c.incomplete),
-          orjson.dumps(c.metadata), c.body, c.request) for c in completions],
-    )  # fmt: skip
-    conn.executemany(_TAG_INSERT, [
+    # Multi-row INSERTs, not executemany: executemany takes the GIL back for every row, and under
+    # load the event loop holds it (measured in bench/: the writer's CPU per completion).
+    _insert_rows(conn, "completions (id, project, created, model, response_model, backend, backend_id,"
+                 " incomplete, metadata, body, request)",
+                 [(c.id, c.project, c.created, c.model, c.response_model, c.backend, c.backend_id,
+                   int(c.incomplete), orjson.dumps(c.metadata), c.body, c.request) for c in completions])  # fmt: skip
+    _insert_rows(conn, "completion_tags", [
         tag for c in completions
         for tag in tags(c.project, c.id, {c.model} | ({c.response_model} if c.response_model else set()), c.metadata)
-    ])  # fmt: skip
-    conn.executemany(
-        "INSERT INTO messages VALUES (?, ?, ?)",
-        [(c.id, i, m) for c in completions for i, m in enumerate(c.messages)],
-    )
+    ], verb="INSERT OR IGNORE")  # fmt: skip
+    _insert_rows(conn, "messages", [(c.id, i, m) for c in completions for i, m in enumerate(c.messages)])
+
+
+_MAX_PARAMS = 30_000  # under SQLite's default limit of 32,766 bound parameters per statement
+
+
+def _insert_rows(conn: sqlite3.Connection, into: str, rows: list[Any], verb: str = "INSERT") -> None:
+    if not rows:
+        return
+    width = len(rows[0])
+    one = "(" + ", ".join("?" * width) + ")"
+    step = max(1, _MAX_PARAMS // width)
+    for start in range(0, len(rows), step):
+        part = rows[start : start + step]
+        conn.execute(f"{verb} INTO {into} VALUES {', '.join([one] * len(part))}",
+                     [value for row in part for value in row])  # fmt: skip
 
 
 def _update(conn: sqlite3.Connection, project: str, cid: str, metadata: dict[str, str]) -> Row | None:
