@@ -62,7 +62,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
 
 async def _check_exposure(settings: Settings, keys: Keys) -> None:
     """Without keys, anyone who can connect reads every stored completion: loopback only, unless told."""
-    if settings.insecure_no_auth or _is_loopback(settings.host) or await keys.any_active():
+    if settings.insecure_no_auth or _is_loopback(settings.host) or await keys.required():
         return
     raise ConfigError(
         f"refusing to listen on {settings.host} without API keys: create one with `storegate keys create"

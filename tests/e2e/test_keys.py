@@ -166,8 +166,9 @@ def test_the_first_key_locks_the_door_at_once(fake: FakeBackend, fresh_db_url: s
                 assert [http.get("/v1/chat/completions", headers=h).status_code for h in auth] == [200, 200]
             assert sg.cli("keys", "revoke", w.key_ids[first]).returncode == 0
             assert [http.get("/v1/chat/completions", headers=h).status_code for h in auth] == [401, 200]
-            # Once no key is active, the server is keyless again (the documented default).
+            # Revoking every key does not reopen the server: keys stay required (fail closed).
             assert sg.cli("keys", "revoke", w.key_ids[second]).returncode == 0
-            assert http.get("/v1/chat/completions").status_code == 200
+            assert [http.get("/v1/chat/completions", headers=h).status_code for h in auth] == [401, 401]
+            assert http.get("/v1/chat/completions").status_code == 401
     finally:
         sg.stop()

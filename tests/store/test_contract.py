@@ -148,6 +148,33 @@ def test_messages_page_both_ways(store_url: str) -> None:
     run(store_url, body)
 
 
+def test_a_conversation_longer_than_one_statement_lands_whole(store_url: str) -> None:
+    # SQLite binds at most 32,766 parameters per statement (3 per message row): 12,000 messages, sent
+    # with other completions in one group commit, take two statements on the writer.
+    async def body(store: Store) -> None:
+        long, *others = [completion(messages=12_000), *(completion(messages=3) for _ in range(5))]
+        await asyncio.gather(*(store.insert(c) for c in [long, *others]))
+        seen: list[int] = []
+        after = None
+        for _ in range(20):
+            page = await store.list_messages(MessagesQuery("p", long.id, after, 1_000, "asc"))
+            assert page is not None
+            seen += [i for i, _ in page.items]
+            if not page.has_more:
+                break
+            after = seen[-1]
+        assert seen == list(range(12_000))
+        page = await store.list_messages(MessagesQuery("p", long.id, 10_920, 3, "asc"))
+        assert page is not None and page.items == [
+            (i, orjson.dumps({"i": i})) for i in (10_921, 10_922, 10_923)
+        ]
+        for c in others:
+            page = await store.list_messages(MessagesQuery("p", c.id, None, 10, "asc"))
+            assert page is not None and [i for i, _ in page.items] == [0, 1, 2]
+
+    run(store_url, body)
+
+
 def test_odd_metadata_round_trips_and_filters(store_url: str) -> None:
     odd = {"quote'\"": "'; DROP TABLE completions; --", "nul\x00key": "v\x00al", "ünï 😀": "\u202e\t\n\r"}
 
@@ -261,8 +288,8 @@ def test_key_epoch_moves_when_another_process_changes_keys(store_url: str) -> No
                         break
                     await asyncio.sleep(0.01)
                 assert store.key_epoch() not in (before, None)
-            found, active = await store.find_key(b"h" * 32)
-            assert found is not None and found.revoked == 2 and not active
+            found, required = await store.find_key(b"h" * 32)
+            assert found is not None and found.revoked == 2 and required, "a revoked key still locks the door"
         finally:
             await other.close()
 

@@ -1,7 +1,8 @@
 """API keys and projects: minting, hashing, and turning a request's Authorization into a project.
 
-Only a key's SHA-256 is stored (keys are 256-bit random, so a slow hash adds nothing). With no
-active key anywhere, every request belongs to the one local project.
+Only a key's SHA-256 is stored (keys are 256-bit random, so a slow hash adds nothing). Until the
+first key is created, every request belongs to the one local project; from then on every request
+needs a valid key, even after every key has been revoked (revoking must never open the door).
 
 What the store said about a key is remembered for as long as the store's key epoch stays the same
 (`Store.key_epoch`: SQLite's data_version, PostgreSQL's count of key-change notifications), so a
@@ -24,7 +25,7 @@ DEFAULT_PROJECT = "default"
 _PREFIX = "sg-"
 _TOUCH_EVERY = 60.0
 _CACHE_MAX = 4096  # remembered lookups (wrong keys too) before the memory starts over
-_ANY = b""  # no key hashes to the empty string: the cache's slot for "is any key active?"
+_ANY = b""  # no key hashes to the empty string: the cache's slot for "are keys required?"
 _PROJECT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
@@ -68,12 +69,12 @@ class Keys:
         """The caller's project; raises Unauthorized (401) or RateLimited (429)."""
         scheme, _, secret = (authorization or "").partition(" ")
         secret = secret.strip() if scheme.lower() == "bearer" else ""
-        key, any_active = await self._find(hash_secret(secret) if secret else _ANY)
+        key, required = await self._find(hash_secret(secret) if secret else _ANY)
         if key is not None and key.revoked is None:
             self._limiter.take(key.id, key.rpm if key.rpm is not None else self._default_rpm)
             self._touch(key.id)
             return Principal(key.project, key.id)
-        if not any_active:
+        if not required:
             return Principal(DEFAULT_PROJECT, None)
         if not secret:
             raise Unauthorized(
@@ -82,9 +83,11 @@ class Keys:
             )
         raise Unauthorized("Incorrect API key provided.", code="invalid_api_key")
 
-    async def any_active(self) -> bool:
-        _, active = await self._find(_ANY)
-        return active
+    async def required(self) -> bool:
+        """Whether any key was ever created here: from then on every request needs a valid key, even
+        once every key is revoked (fail closed; a revoked key never reopens a server)."""
+        _, required = await self._find(_ANY)
+        return required
 
     async def _find(self, secret_hash: bytes) -> tuple[ApiKey | None, bool]:
         """The store's `find_key`, answered from memory while the store's key epoch stands still."""

@@ -115,7 +115,8 @@ class Store(Protocol):
         """False when there is no such key or it was already revoked."""
 
     async def find_key(self, secret_hash: bytes) -> tuple[ApiKey | None, bool]:
-        """The key with this hash (revoked or not), and whether any key is active at all."""
+        """The key with this hash (revoked or not), and whether any key was ever created (revoked ones
+        count: revoking every key must not open the door again)."""
 
     async def touch_key(self, key_id: str, when: int) -> None:
         """Record a use; callers throttle this, it is a write."""

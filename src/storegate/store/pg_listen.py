@@ -29,6 +29,7 @@ class KeyListener:
         self._dsn = dsn
         self._heard = 0
         self._live = False
+        self._went_live = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -54,9 +55,9 @@ class KeyListener:
     async def _run(self, first: "asyncio.Future[None]") -> None:
         delay = 0.1
         while True:
+            self._went_live = False
             try:
                 await self._listen(first)
-                delay = 0.1
             except _FAILURES as exc:
                 log.warning("key-change listener: %s: %s; keys are looked up on every request meanwhile",
                             type(exc).__name__, exc)  # fmt: skip
@@ -65,6 +66,8 @@ class KeyListener:
                 self._heard += 1  # whatever was heard before the gap may have missed a change
                 if not first.done():
                     first.set_result(None)
+            if self._went_live:  # a connection that worked starts the backoff over
+                delay = 0.1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -75,7 +78,7 @@ class KeyListener:
             conn.add_termination_listener(lambda _: lost.set())
             await conn.add_listener(CHANNEL, self._changed)
             self._heard += 1
-            self._live = True
+            self._live = self._went_live = True
             if not first.done():
                 first.set_result(None)
             while not lost.is_set():

@@ -160,7 +160,7 @@ class SQLiteStore:
     async def find_key(self, secret_hash: bytes) -> tuple[ApiKey | None, bool]:
         with self._reading() as db:
             rows = db.execute(
-                f"SELECT {_KEY_COLUMNS}, EXISTS (SELECT 1 FROM api_keys WHERE revoked IS NULL)"
+                f"SELECT {_KEY_COLUMNS}, EXISTS (SELECT 1 FROM api_keys)"
                 " FROM (SELECT 1) LEFT JOIN api_keys ON hash = ?",
                 (secret_hash,),
             ).fetchone()
@@ -234,15 +234,12 @@ def _insert_many(conn: sqlite3.Connection, completions: list[NewCompletion]) -> 
     _insert_rows(conn, "messages", [(c.id, i, m) for c in completions for i, m in enumerate(c.messages)])
 
 
-_MAX_PARAMS = 30_000  # under SQLite's default limit of 32,766 bound parameters per statement
-
-
 def _insert_rows(conn: sqlite3.Connection, into: str, rows: list[Any], verb: str = "INSERT") -> None:
     if not rows:
         return
     width = len(rows[0])
     one = "(" + ", ".join("?" * width) + ")"
-    step = max(1, _MAX_PARAMS // width)
+    step = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)  # 32,766 by default
     for start in range(0, len(rows), step):
         part = rows[start : start + step]
         conn.execute(f"{verb} INTO {into} VALUES {', '.join([one] * len(part))}",
