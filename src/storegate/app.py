@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from storegate.api.accesslog import AccessLog
 from storegate.api.context import SERVICES, Services
-from storegate.api.middleware import add_request_id, authenticate, handle
+from storegate.api.middleware import ACCESS_LOG, add_request_id, authenticate, handle
 from storegate.api.routes import add_routes
 from storegate.backends import Backend, Router
 from storegate.service import Chat, StoredCompletions
@@ -27,6 +28,7 @@ SETTINGS = web.AppKey("settings", Settings)
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[handle, authenticate])
     app[SETTINGS] = settings
+    app[ACCESS_LOG] = AccessLog()
     app.cleanup_ctx.append(_lifespan)
     app.on_response_prepare.append(add_request_id)
     add_routes(app)
@@ -58,6 +60,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
                 await purging
         await router.close()
         await store.close()
+        app[ACCESS_LOG].flush()
 
 
 async def _check_exposure(settings: Settings, keys: Keys) -> None:

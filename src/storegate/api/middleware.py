@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from storegate.api.accesslog import AccessLog
 from storegate.api.context import SERVICES
 from storegate.errors import (
     InvalidRequest,
@@ -20,7 +21,8 @@ from storegate.errors import (
     envelope,
 )
 
-log = logging.getLogger("storegate.access")
+log = logging.getLogger("storegate.http")
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 JSON = "application/json"
 
 
@@ -68,11 +70,11 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         body = envelope("The server had an error while processing your request.", "server_error")
         return web.Response(status=500, body=body, content_type=JSON)
     finally:
-        if log.isEnabledFor(logging.INFO):
-            log.info(orjson.dumps({
+        if AccessLog.enabled():
+            request.app[ACCESS_LOG].add(orjson.dumps({
                 "request_id": request["request_id"], "method": request.method, "path": request.path,
                 "status": status, "ms": round((time.perf_counter() - started) * 1000, 2),
-            }).decode())  # fmt: skip
+            }))  # fmt: skip
 
 
 @web.middleware
