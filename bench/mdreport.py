@@ -15,6 +15,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
+def _warm_pass(cfg: dict[str, Any]) -> str:
+    return ", then one pass over every line of a stored workload" if cfg.get("warm_pass") else ""
+
+
 def _f(x: float | None, digits: int = 2) -> str:
     if x is None or x != x:
         return "–"
@@ -99,7 +103,7 @@ def render(data: dict[str, Any], json_path: Path, md_path: Path) -> str:
         f"LiteLLM {m.get('litellm') or 'not installed'}; {m.get('wrk')}",
         f"- **Method:** every server is its own process on 127.0.0.1 (one worker each); load is `wrk -t1` with "
         f"[`seq.lua`](seq.lua) ({cfg['dur64']} s at 64 connections, {cfg['dur1']} s at 1, after a {cfg['warmup']} s "
-        f"warm-up per target) or, for streams, [`sse_client.py`](sse_client.py) (aiohttp on uvloop, its own "
+        f"warm-up per target{_warm_pass(cfg)}) or, for streams, [`sse_client.py`](sse_client.py) (aiohttp on uvloop, its own "
         f"process). {cfg['rounds']} round(s); each round visits every target at 64 then 1 connections, the order "
         f"rotated per round, and each run starts once the scenario's servers are idle. Every ratio is taken "
         f"between two runs of the same round, then the median (min–max) over rounds is shown: absolute numbers "
@@ -309,11 +313,20 @@ def _list_evidence(sc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _settled(s: dict[str, Any]) -> str:
+    settle = s.get("settle_samples") or []
+    if len(settle) < 2:
+        return ""
+    path = ", ".join(f"{t:.0f} s → {v / 1024:.1f}" for t, v in settle)
+    return (f" and the same load until 10 s of it grew RSS by under 1% (at most {s.get('settle_max_s')} s more;"
+            f" RSS in MiB: {path}): the soak judges leaks from a steady state, not how fast SQLite's page caches fill")
+
+
 def _soak(s: dict[str, Any]) -> list[str]:
     load = s.get("load", {})
     out = ["", "## RSS over a soak", "",
            f"storegate on a working copy of the 10k SQLite store, {s['seconds']} s of {s['mix']} at c={s['conns']} "
-           f"(wrk, after a short warm-up), RSS from /proc every few seconds. It served {_n(load.get('rps'))} req/s "
+           f"(wrk, after a short warm-up{_settled(s)}), RSS from /proc every few seconds. It served {_n(load.get('rps'))} req/s "
            f"({_n(load.get('requests'))} requests, {load.get('errors')} socket errors, {load.get('non2xx')} non-2xx), "
            f"and the store grew to {_n(s.get('completions_at_end'))} completions.", "",
            "| RSS | MiB |", "|---|---:|",
