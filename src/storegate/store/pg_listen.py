@@ -13,7 +13,7 @@ import asyncpg
 
 CHANNEL = "storegate_keys"
 _PING_EVERY = 5.0  # a silent half-open connection would hide notifications: prove it alive this often
-_FAILURES = (
+CONNECTION_FAILURES = (  # what a broken or lost PostgreSQL connection raises (the store uses it too)
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
@@ -58,7 +58,7 @@ class KeyListener:
             self._went_live = False
             try:
                 await self._listen(first)
-            except _FAILURES as exc:
+            except CONNECTION_FAILURES as exc:
                 log.warning("key-change listener: %s: %s; keys are looked up on every request meanwhile",
                             type(exc).__name__, exc)  # fmt: skip
             finally:

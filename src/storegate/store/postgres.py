@@ -13,17 +13,10 @@ import orjson
 from storegate.errors import StoreUnavailable
 from storegate.store.base import ApiKey, ListQuery, MessagesQuery, NewCompletion, Page, Row
 from storegate.store.migrate import migrations
-from storegate.store.pg_listen import KeyListener
+from storegate.store.pg_listen import CONNECTION_FAILURES, KeyListener
 from storegate.store.sql import COUNT_CAP, Tag, count_sql, filters, list_sql, tags
 
 _MIGRATION_LOCK = 0x53746F7265  # "Store": one advisory lock id for every storegate
-_FAILURES = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-    TimeoutError,
-)
 _INSERT = """
 WITH c AS (
     INSERT INTO completions (id, project, created, model, response_model, backend, backend_id, incomplete,
@@ -76,7 +69,7 @@ class PostgresStore:
                 self._dsn, min_size=self._min_size, max_size=self._max_size, timeout=10, command_timeout=30,
                 reset=_keep_session,
             )  # fmt: skip
-        except _FAILURES as exc:
+        except CONNECTION_FAILURES as exc:
             raise StoreUnavailable(f"cannot open PostgreSQL database: {type(exc).__name__}: {exc}") from exc
         await self._key_changes.start()
 
@@ -97,7 +90,7 @@ class PostgresStore:
                 except asyncpg.InternalClientError:
                     conn.terminate()  # its protocol state is unknown after a lost server: never reuse it
                     raise
-        except _FAILURES as exc:
+        except CONNECTION_FAILURES as exc:
             raise StoreUnavailable(f"the store could not answer: {type(exc).__name__}") from exc
 
     async def ping(self) -> None:
