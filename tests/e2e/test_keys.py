@@ -150,7 +150,7 @@ def test_without_keys_everything_is_one_local_project(server: Storegate) -> None
 
 
 def test_the_first_key_locks_the_door_at_once(fake: FakeBackend, fresh_db_url: str | None) -> None:
-    """With no keys, the server remembers "no key is active"; the first key created by another
+    """With no keys, the server remembers "no key exists"; the first key created by another
     process must end keyless access on the very next request, on either store."""
     sg = Storegate(fake.url, db_url=fresh_db_url).start()
     try:
