@@ -13,7 +13,7 @@ taken per round against the same round's baseline, medians reported):
   soak    - minutes of mixed create(store=true)/list/retrieve, storegate's RSS sampled.
 Targets from the issue are judged from these ratios; a missed target's load is run again under
 py-spy while its servers are still up, and the top frames are recorded.
-Writes <out-dir>/<UTC date>[-quick].json and a Markdown report (bench/RESULTS.md for full runs).
+Writes <out-dir>/<UTC start, e.g. 2026-11-26T0418Z>[-quick].json and a Markdown report (bench/RESULTS.md for full runs).
 Everything listens on 127.0.0.1 free ports; every process started here is stopped by its PID.
 """
 
@@ -89,6 +89,7 @@ class Config:
     wait_load: float
     wait_load_max_s: int
     profile_dir: str = ""
+    stem: str = ""  # results/<stem>.json: the run's UTC start, to the minute (runs of a day keep theirs)
     warm_pass: bool = True  # the warm-up also reads every line of a multi-line target once
 
 
@@ -512,8 +513,7 @@ def _profile_misses(sc: Scenario, verdicts: list[dict[str, Any]], ports: dict[st
                 if prof.get("raw_file"):
                     keep = Path(cfg.profile_dir)
                     keep.mkdir(parents=True, exist_ok=True)
-                    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-                    dest = keep / f"{stamp}-{cfg.mode}-{out.name}"
+                    dest = keep / f"{cfg.stem}-{cfg.mode}-{out.name}"
                     shutil.copyfile(out, dest)
                     prof["raw_file"] = str(dest)
                 done[key] = prof | {"of": name, "conns": conns, "label": t.label}
@@ -902,6 +902,7 @@ def main() -> int:
 
     load_wait = wait_for_load(cfg.wait_load, cfg.wait_load_max_s)
     started = datetime.now(UTC)
+    cfg.stem = started.strftime("%Y-%m-%dT%H%MZ") + ("-quick" if cfg.mode == "quick" else "")
     t0 = time.monotonic()
     meta = machine_meta() | {"load_wait": load_wait, "loadavg_start": os.getloadavg()}
     log(f"{cfg.mode} run; load average {meta['loadavg_start']}; litellm={'on' if cfg.litellm else 'off'}")
@@ -991,7 +992,7 @@ def main() -> int:
     meta["loadavg_end"] = os.getloadavg()
     data["elapsed_s"] = round(time.monotonic() - t0)
     data["targets"] = collect_targets(data)
-    stem = started.strftime("%Y-%m-%d") + ("-quick" if cfg.mode == "quick" else "")
+    stem = cfg.stem
     out = out_dir / f"{stem}.json"
     out.write_text(json.dumps(data, indent=1, default=str) + "\n")
     import mdreport

@@ -267,6 +267,33 @@ def test_several_filters_walk_the_rarest_and_page_exactly(store_url: str) -> Non
     run(store_url, body)
 
 
+def test_reads_see_what_another_process_committed_by_the_next_pass(store_url: str) -> None:
+    """SQLite's reads share one snapshot per pass of the event loop: a write committed elsewhere (a
+    second store on the same database, as a replica or `storegate keys` would be) is seen by every
+    read of a later pass, whatever the reads of earlier passes saw."""
+
+    async def body(store: Store) -> None:
+        other = make_store(Settings(db=store_url))
+        await other.open()
+        try:
+            for _ in range(3):
+                made = completion(metadata={"k": "v"})
+                assert await store.get("p", made.id) is None
+                await other.insert(made)  # resolves in a later pass than the read above
+                got = await store.get("p", made.id)
+                assert got is not None and got.id == made.id
+                assert made.id in [r.id for r in (await store.list(q(metadata={"k": "v"}, order="desc"))).items]
+                await other.update_metadata("p", made.id, {"k": "w"})
+                got = await store.get("p", made.id)
+                assert got is not None and orjson.loads(got.metadata) == {"k": "w"}
+                await other.delete("p", made.id)
+                assert await store.get("p", made.id) is None
+        finally:
+            await other.close()
+
+    run(store_url, body)
+
+
 def test_key_epoch_moves_when_another_process_changes_keys(store_url: str) -> None:
     """`key_epoch` is what lets a server remember keys: it must move when keys change elsewhere (here
     a second store on the same database, as `storegate keys` would be), and only be None when the

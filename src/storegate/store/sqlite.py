@@ -3,6 +3,7 @@ writer thread in group commits (store/writer.py). WAL mode, so reads never wait 
 """
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +18,10 @@ from storegate.store.migrate import apply_sqlite
 from storegate.store.sql import COUNT_CAP, Filter, count_sql, filters, list_sql, tags
 from storegate.store.writer import Grouped, Writer, WriterOverloaded
 
+log = logging.getLogger(__name__)
 Rows = list[Any]
 _COUNT = count_sql(lambda _: "?")
+_WAL_KEEP_BYTES = 64 * 1024 * 1024
 _GET = "SELECT id, body, metadata FROM completions WHERE id = ? AND project = ?"
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _TAG_INSERT = "INSERT OR IGNORE INTO completion_tags VALUES (?, ?, ?, ?, ?)"
@@ -40,6 +43,7 @@ class SQLiteStore:
         self._aside_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storegate-sqlite-reader")
         self._applied: list[int] = []
         self._epoch: int | None = None
+        self._in_pass = False  # the reader is inside this event-loop pass's read transaction
 
     @property
     def migrations_applied(self) -> list[int]:
@@ -56,6 +60,10 @@ class SQLiteStore:
     def _connect_writer(self) -> sqlite3.Connection:
         conn = self._connect()
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        # Readers hold a snapshot per event-loop pass (_snapshot), so under steady reads and writes
+        # the WAL restarts less often and grows past wal_autocheckpoint's ~4 MB (measured: 15-27 MB
+        # under 90 s of mixed load, then flat); once it restarts, it is cut back to this size.
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")
         return conn
 
     async def open(self) -> None:
@@ -94,10 +102,8 @@ class SQLiteStore:
 
     async def get(self, project: str, completion_id: str) -> Row | None:
         # The hottest read: no context manager, a plain try (measured: ~2 us of 16 per call).
-        if self._reader is None:
-            raise StoreUnavailable("the store is not open")
         try:
-            found = self._reader.execute(_GET, (completion_id, project)).fetchone()
+            found = self._snapshot().execute(_GET, (completion_id, project)).fetchone()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the store could not answer: {exc}") from exc
         return Row(*found) if found else None
@@ -179,14 +185,33 @@ class SQLiteStore:
         after a key change committed always sees that change."""
         if self._epoch is None and self._reader is not None:
             try:
-                self._epoch = self._reader.execute("PRAGMA data_version").fetchone()[0]
-            except sqlite3.Error:
+                self._epoch = self._snapshot().execute("PRAGMA data_version").fetchone()[0]
+            except (sqlite3.Error, StoreUnavailable):
                 return None
-            asyncio.get_running_loop().call_soon(self._forget_epoch)
         return self._epoch
 
-    def _forget_epoch(self) -> None:
+    def _snapshot(self) -> sqlite3.Connection:
+        """The reader, inside this pass's read transaction: every read of one pass of the event loop
+        shares one snapshot, begun at its first read and ended at the start of the next pass
+        (call_soon is FIFO), which also forgets the pass's key epoch. Measured: a read transaction per
+        statement costs three system calls (two fcntl locks on the -shm file and a stat)."""
+        reader = self._reader
+        if reader is None:
+            raise StoreUnavailable("the store is not open")
+        if not self._in_pass:
+            reader.execute("BEGIN")  # deferred: the snapshot is taken by the pass's first read
+            self._in_pass = True
+            asyncio.get_running_loop().call_soon(self._end_pass)
+        return reader
+
+    def _end_pass(self) -> None:
+        self._in_pass = False
         self._epoch = None
+        if self._reader is not None and self._reader.in_transaction:
+            try:
+                self._reader.execute("COMMIT")
+            except sqlite3.Error:
+                log.exception("ending a read transaction failed")
 
     async def _read_aside(self, read: Callable[[sqlite3.Connection], Rows]) -> Rows:
         def run() -> Rows:
@@ -202,10 +227,8 @@ class SQLiteStore:
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        if self._reader is None:
-            raise StoreUnavailable("the store is not open")
         try:
-            yield self._reader
+            yield self._snapshot()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the store could not answer: {exc}") from exc
 

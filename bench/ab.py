@@ -1,0 +1,182 @@
+"""A/B a change: the working tree's storegate against a git revision's, side by side in one run.
+
+    bench/ab                                  # HEAD vs the working tree: retrieve, healthz, create
+    bench/ab --base 7ed8609 --rounds 7 create-store create-nostore
+    bench/ab --store 1M list retrieve
+
+Two storegate servers run at once, one from `git archive <base>` (PYTHONPATH), one from the
+working tree's src/, each on its own copy of the same store (stored scenarios) or a fresh SQLite
+file (creates), with one fake backend behind both. Every round runs each scenario against both, in
+an order that flips per round, so a neighbour's noise lands on both sides alike. Reported per
+scenario: req/s and storegate CPU per request (process total, and the threads other than the event
+loop, i.e. SQLite's writer and reader threads) for each side, medians over rounds, and the median
+(min-max) of the per-round ratio new/base. The machine is shared: trust ratios, not absolutes, and
+a ratio only when its min-max range is narrow.
+
+This is the tool behind the A/B figures in bench/analysis/. It never changes src/ and starts only
+its own processes (on 127.0.0.1 free ports), stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(HERE), str(HERE / "stack"), str(HERE / "million")]
+
+import harness  # noqa: E402
+import stores  # noqa: E402
+from procs import CLK_TCK, Server, free_port  # noqa: E402  (bench/stack)
+from wrkrun import run_wrk, write_lines  # noqa: E402
+
+STORED = ("healthz", "retrieve", "list", "list_user", "messages")
+CREATES = {"create-store": True, "create-nostore": False}
+
+
+def _threads_cpu(pid: int) -> tuple[float, float]:
+    """(whole process, all threads but the main one) CPU seconds of one process."""
+    total = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue
+        f = raw[raw.rfind(")") + 2 :].split()
+        secs = (int(f[11]) + int(f[12])) / CLK_TCK
+        total += secs
+        if int(task.name) != pid:
+            other += secs
+    return total, other
+
+
+def _export(rev: str, into: Path) -> Path:
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into / "src"
+
+
+def _server(name: str, src: Path, db: str, backend: str, tmp: Path, extra: list[str]) -> Server:
+    port = free_port()
+    argv = [harness.PY, "-m", "storegate", "serve", "--host", harness.HOST, "--port", str(port), "--db", db,
+            "--backend", backend, *extra]  # fmt: skip
+    env = {"PYTHONPATH": str(src)}
+    return Server(name=name, argv=argv, port=port, log=tmp / f"{name}.log", cwd=str(tmp), env=env)
+
+
+def _lines(scenario: str, workload: stores.Workload | None) -> list[harness.Line]:
+    if scenario in CREATES:
+        store = CREATES[scenario]
+        return [("POST", "/v1/chat/completions", harness.chat_body(store, k)) for k in range(3000 if store else 1)]
+    assert workload is not None
+    return workload.lines(scenario)
+
+
+def _fmt(xs: list[float], digits: int = 0) -> str:
+    return f"{statistics.median(xs):,.{digits}f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenarios", nargs="*", default=["healthz", "retrieve", "create-store", "create-nostore"],
+                    help=f"any of {', '.join(STORED + tuple(CREATES))}")  # fmt: skip
+    ap.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
+    ap.add_argument("--new", default=None, help="git revision for the new side (default: the working tree; "
+                    "`--base HEAD --new HEAD` measures the tool's own A/A spread)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--store", default="10k", choices=("10k", "1M"), help="bench/million's SQLite store to copy")
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra `storegate serve` argument (both)")
+    args = ap.parse_args()
+    unknown = [s for s in args.scenarios if s not in STORED and s not in CREATES]
+    if unknown:
+        ap.error(f"unknown scenarios: {unknown}")
+    stored = [s for s in args.scenarios if s in STORED]
+    n = {"10k": 10_000, "1M": 1_000_000}[args.store]
+
+    tmp = Path(tempfile.mkdtemp(prefix="storegate-ab-"))
+    servers: list[Server] = []
+    try:
+        sides = {"base": _export(args.base, tmp / "base"),
+                 "new": _export(args.new, tmp / "new") if args.new else REPO / "src"}
+        fake = harness.fake_server(tmp)
+        servers.append(fake)
+        fake.start()
+        fake.wait_ready()
+        backend = f"http://{harness.HOST}:{fake.port}/v1"
+        workload = None
+        if stored:
+            harness.log(f"copying the {args.store} SQLite store twice (bench/million builds it if missing)")
+            workload = stores.Workload.make(n, writes_each=0)
+        by_side: dict[str, Server] = {}
+        for side, src in sides.items():
+            (tmp / side / "db").mkdir(parents=True)
+            if stored:
+                url, _ = stores.sqlite_copy(n, tmp / side / "db", harness.log)
+            else:
+                url = f"sqlite:///{tmp / side / 'db' / 'ab.db'}"
+            by_side[side] = _server(side, src, url, backend, tmp, args.serve_arg)
+        for server in by_side.values():
+            servers.append(server)
+            server.start()
+        for server in by_side.values():
+            server.wait_ready()
+            harness.wait_http(server.port, "/healthz", 30)
+        files = {s: write_lines(tmp / f"{s}.txt", _lines(s, workload)) for s in args.scenarios}
+        for s in stored:  # read every line once on both sides: no side serves a colder cache
+            for server in by_side.values():
+                run_wrk(f"http://{harness.HOST}:{server.port}", files[s], 8, 60, len(_lines(s, workload)), {})
+
+        results: dict[str, dict[str, list[dict[str, float]]]] = {s: {"base": [], "new": []} for s in args.scenarios}
+        for r in range(args.rounds):
+            order = ["base", "new"] if r % 2 == 0 else ["new", "base"]
+            for s in args.scenarios:
+                for side in order:
+                    server = by_side[side]
+                    assert server.proc is not None
+                    pid = server.proc.pid
+                    cpu: dict[str, Callable[[], float]] = {
+                        "all": lambda pid=pid: _threads_cpu(pid)[0],
+                        "threads": lambda pid=pid: _threads_cpu(pid)[1],
+                    }
+                    rec: dict[str, Any] = run_wrk(f"http://{harness.HOST}:{server.port}", files[s], args.conns,
+                                                  args.seconds, 0, cpu, [server.pgid])  # fmt: skip
+                    if rec["errors"]:
+                        raise RuntimeError(f"{side} {s}: {rec['errors']} errors: {rec}")
+                    per = rec["server_cpu_us_per_req"]
+                    results[s][side].append({"rps": rec["rps"], "cpu": per["all"], "threads": per["threads"],
+                                             "p99_ms": rec["p99_us"] / 1000})  # fmt: skip
+            harness.log(f"round {r + 1}/{args.rounds} done")
+
+        print(f"\nbase {args.base} vs {args.new or 'the working tree'}; c={args.conns}, {args.seconds} s runs, {args.rounds} rounds; "
+              f"medians (CPU = storegate's, us per request; 'threads' = all but the event loop)")  # fmt: skip
+        print(f"{'scenario':<16}{'base req/s':>12}{'new req/s':>12}  {'new/base (min-max)':<22}"
+              f"{'base cpu':>10}{'new cpu':>10}{'base thr':>10}{'new thr':>10}")  # fmt: skip
+        for s in args.scenarios:
+            b, w = results[s]["base"], results[s]["new"]
+            ratios = [x["rps"] / y["rps"] for x, y in zip(w, b, strict=True)]
+            span = f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+            print(f"{s:<16}{_fmt([x['rps'] for x in b]):>12}{_fmt([x['rps'] for x in w]):>12}  {span:<22}"
+                  f"{_fmt([x['cpu'] for x in b]):>10}{_fmt([x['cpu'] for x in w]):>10}"
+                  f"{_fmt([x['threads'] for x in b]):>10}{_fmt([x['threads'] for x in w]):>10}")  # fmt: skip
+        return 0
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
