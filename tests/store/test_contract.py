@@ -282,7 +282,8 @@ def test_reads_see_what_another_process_committed_by_the_next_pass(store_url: st
                 await other.insert(made)  # resolves in a later pass than the read above
                 got = await store.get("p", made.id)
                 assert got is not None and got.id == made.id
-                assert made.id in [r.id for r in (await store.list(q(metadata={"k": "v"}, order="desc"))).items]
+                listed = await store.list(q(metadata={"k": "v"}, order="desc"))
+                assert made.id in [r.id for r in listed.items]
                 await other.update_metadata("p", made.id, {"k": "w"})
                 got = await store.get("p", made.id)
                 assert got is not None and orjson.loads(got.metadata) == {"k": "w"}
