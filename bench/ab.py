@@ -5,8 +5,8 @@
     bench/ab --store 1M list retrieve
 
 Two storegate servers run at once, one from `git archive <base>` (PYTHONPATH), one from the
-working tree's src/, each on its own copy of the same store (stored scenarios) or a fresh SQLite
-file (creates), with one fake backend behind both. Every round runs each scenario against both, in
+working tree's src/, both on one copy of a bench/million store (the stored scenarios only read)
+or each on a fresh SQLite file (creates), with one fake backend behind both. Every round runs each scenario against both, in
 an order that flips per round, so a neighbour's noise lands on both sides alike. Reported per
 scenario: req/s and storegate CPU per request (process total, and the threads other than the event
 loop, i.e. SQLite's writer and reader threads) for each side, medians over rounds, and the median
@@ -117,15 +117,16 @@ def main() -> int:
         backend = f"http://{harness.HOST}:{fake.port}/v1"
         workload = None
         if stored:
-            harness.log(f"copying the {args.store} SQLite store twice (bench/million builds it if missing)")
+            harness.log(f"copying the {args.store} SQLite store (bench/million builds it if missing)")
             workload = stores.Workload.make(n, writes_each=0)
+        shared = None
+        if stored:  # the stored scenarios only read: both sides read one copy, one page cache
+            (tmp / "db").mkdir()
+            shared, _ = stores.sqlite_copy(n, tmp / "db", harness.log)
         by_side: dict[str, Server] = {}
         for side, src in sides.items():
             (tmp / side / "db").mkdir(parents=True)
-            if stored:
-                url, _ = stores.sqlite_copy(n, tmp / side / "db", harness.log)
-            else:
-                url = f"sqlite:///{tmp / side / 'db' / 'ab.db'}"
+            url = shared or f"sqlite:///{tmp / side / 'db' / 'ab.db'}"
             by_side[side] = _server(side, src, url, backend, tmp, args.serve_arg)
         for server in by_side.values():
             servers.append(server)
