@@ -10,7 +10,7 @@ or each on a fresh SQLite file (creates), with one fake backend behind both. Eve
 an order that flips per round, so a neighbour's noise lands on both sides alike. Reported per
 scenario: req/s and storegate CPU per request (process total, and the threads other than the event
 loop, i.e. SQLite's writer and reader threads) for each side, medians over rounds, and the median
-(min-max) of the per-round ratio new/base. The machine is shared: trust ratios, not absolutes, and
+(min-max) of the per-round ratio new/base, and both sides' p99 latency (ms, median over rounds). The machine is shared: trust ratios, not absolutes, and
 a ratio only when its min-max range is narrow.
 
 This is the tool behind the A/B figures in bench/analysis/. It never changes src/ and starts only
@@ -163,14 +163,15 @@ def main() -> int:
         print(f"\nbase {args.base} vs {args.new or 'the working tree'}; c={args.conns}, {args.seconds} s runs, {args.rounds} rounds; "
               f"medians (CPU = storegate's, us per request; 'threads' = all but the event loop)")  # fmt: skip
         print(f"{'scenario':<16}{'base req/s':>12}{'new req/s':>12}  {'new/base (min-max)':<22}"
-              f"{'base cpu':>10}{'new cpu':>10}{'base thr':>10}{'new thr':>10}")  # fmt: skip
+              f"{'base cpu':>10}{'new cpu':>10}{'base thr':>10}{'new thr':>10}{'base p99':>10}{'new p99':>10}")  # fmt: skip
         for s in args.scenarios:
             b, w = results[s]["base"], results[s]["new"]
             ratios = [x["rps"] / y["rps"] for x, y in zip(w, b, strict=True)]
             span = f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
             print(f"{s:<16}{_fmt([x['rps'] for x in b]):>12}{_fmt([x['rps'] for x in w]):>12}  {span:<22}"
                   f"{_fmt([x['cpu'] for x in b]):>10}{_fmt([x['cpu'] for x in w]):>10}"
-                  f"{_fmt([x['threads'] for x in b]):>10}{_fmt([x['threads'] for x in w]):>10}")  # fmt: skip
+                  f"{_fmt([x['threads'] for x in b]):>10}{_fmt([x['threads'] for x in w]):>10}"
+                  f"{_fmt([x['p99_ms'] for x in b], 1):>10}{_fmt([x['p99_ms'] for x in w], 1):>10}")  # fmt: skip
         return 0
     finally:
         for server in reversed(servers):

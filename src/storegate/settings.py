@@ -18,6 +18,9 @@ class ConfigError(ValueError):
     """A setting or the config file is wrong; the command exits with this message."""
 
 
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
     """One model backend. `models` lists the models it serves (glob patterns allowed); None serves
@@ -52,6 +55,7 @@ class Settings:
     max_inflight: int = field(default=1000, metadata={"env": "STOREGATE_MAX_INFLIGHT"})
     sqlite_synchronous: str = field(default="FULL", metadata={"env": "STOREGATE_SQLITE_SYNCHRONOUS"})
     sqlite_cache_mib: int = field(default=64, metadata={"env": "STOREGATE_SQLITE_CACHE_MIB"})
+    event_loop: str = field(default="asyncio", metadata={"env": "STOREGATE_EVENT_LOOP"})
     write_queue_max: int = field(default=10_000, metadata={"env": "STOREGATE_WRITE_QUEUE_MAX"})
     shutdown_timeout: float = field(default=30.0, metadata={"env": "STOREGATE_SHUTDOWN_TIMEOUT"})
     rate_limit_rpm: int = field(default=0, metadata={"env": "STOREGATE_RATE_LIMIT_RPM"})
@@ -98,6 +102,8 @@ def from_sources(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Se
         raise ConfigError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
     if settings.sqlite_cache_mib < 1:
         raise ConfigError("sqlite_cache_mib must be at least 1")
+    if settings.event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
     if settings.retention_days is not None and settings.retention_days < 1:
         raise ConfigError(
             "retention_days must be at least 1 (leave it unset to keep completions until deleted)"

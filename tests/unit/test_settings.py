@@ -56,7 +56,7 @@ def test_bad_config_is_refused(tmp_path: Path, text: str) -> None:
 
 
 @pytest.mark.parametrize("env", [{"STOREGATE_PORT": "x"}, {"STOREGATE_RETENTION_DAYS": "0"},
-                                 {"STOREGATE_SQLITE_SYNCHRONOUS": "SOMETIMES"}])  # fmt: skip
+                                 {"STOREGATE_SQLITE_SYNCHRONOUS": "SOMETIMES"}, {"STOREGATE_EVENT_LOOP": "tokio"}])  # fmt: skip
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         from_sources({}, env)

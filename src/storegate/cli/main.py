@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from storegate import __version__
 from storegate.cli.admin import create_key, list_keys, migrate, revoke_key
 from storegate.errors import StoregateError
-from storegate.settings import ConfigError, Settings, from_sources
+from storegate.settings import EVENT_LOOPS, ConfigError, Settings, from_sources
 
 _DB_HELP = "database URL (default: STOREGATE_DB, else sqlite:///./storegate.db)"
 
@@ -33,6 +33,7 @@ def _serve_flags(serve: argparse.ArgumentParser) -> None:
     add("--max-inflight", type=int, help="creates in flight before new ones get 503 (1000)")
     add("--sqlite-synchronous", help="SQLite synchronous pragma: FULL (default) or NORMAL")
     add("--sqlite-cache-mib", type=int, help="SQLite page cache per connection, in MiB (64)")
+    add("--event-loop", choices=EVENT_LOOPS, help="asyncio (default: even latency under load) or uvloop")
     add("--write-queue-max", type=int, help="pending writes before new ones get 503 (10000)")
     add("--shutdown-timeout", type=float, help="seconds SIGTERM waits for in-flight requests")
     add("--retention-days", type=int, help="delete completions older than this (default: keep)")
@@ -87,22 +88,30 @@ def serve(settings: Settings) -> int:
 
     from storegate.app import create_app
 
-    loop: asyncio.AbstractEventLoop
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        loop = asyncio.new_event_loop()
+    loop = _event_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
     _raise_open_files_limit()
     logging.getLogger("storegate").info(
-        "storegate %s on http://%s:%d, store %s", __version__, settings.host, settings.port,
-        settings.db.split("@")[-1],  # never a password from the URL
+        "storegate %s on http://%s:%d, store %s, event loop %s", __version__, settings.host, settings.port,
+        settings.db.split("@")[-1], settings.event_loop,  # never a password from the URL
     )  # fmt: skip
     web.run_app(create_app(settings), host=settings.host, port=settings.port, loop=loop, print=None,
                 access_log=None, handler_cancellation=True, shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
     return 0
+
+
+def _event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """asyncio's own loop by default. Measured (bench/ab, c=64): uvloop costs ~5-12% less CPU per
+    request, but once the loop is saturated it answers some connections far later than others: list
+    p99 184 ms and max ~500 ms against 38 ms on asyncio's loop, and the same on a bare aiohttp handler
+    (p99 up to 211 ms, max 490 ms on uvloop; 35 ms and 52 ms on asyncio's)."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            raise ConfigError("--event-loop uvloop: uvloop is not installed") from None
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _raise_open_files_limit() -> None:
