@@ -859,8 +859,16 @@ def machine_meta() -> dict[str, Any]:
         "libraries": versions,
         "litellm": peers.litellm_version(),
         "git_commit": _cmd(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "storegate_event_loop": _default_event_loop(),
         "git_dirty_src": _cmd(["git", "-C", str(REPO), "status", "--short", "src"]).splitlines(),
     }
+
+
+def _default_event_loop() -> str:
+    """The event loop `storegate serve` runs without --event-loop (uvloop before that option)."""
+    from storegate.settings import Settings
+
+    return str(getattr(Settings(), "event_loop", "uvloop"))
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -108,8 +108,8 @@ def render(data: dict[str, Any], json_path: Path, md_path: Path) -> str:
         f"rotated per round, and each run starts once the scenario's servers are idle. Every ratio is taken "
         f"between two runs of the same round, then the median (min–max) over rounds is shown: absolute numbers "
         f"are for reading, ratios for judging. storegate runs with its defaults (`storegate serve --db ... "
-        f"--backend ...` only: SQLite with synchronous=FULL, log level INFO with one access-log line per request, "
-        f"to a file). The fake backend ([`fakeup.py`](fakeup.py)) is a raw uvloop protocol in its own process.",
+        f"--backend ...` only: SQLite with synchronous=FULL, {m.get('storegate_event_loop', 'uvloop')}'s event "
+        f"loop, log level INFO with one access-log line per request, to a file). The fake backend ([`fakeup.py`](fakeup.py)) is a raw uvloop protocol in its own process.",
     ]
     failures = data.get("failures") or {}
     if failures:

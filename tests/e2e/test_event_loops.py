@@ -22,20 +22,20 @@ def uvloop_server(request: pytest.FixtureRequest, fake: FakeBackend) -> Iterator
 
 
 def test_a_stored_completion_lives_its_life_on_uvloop(uvloop_server: Storegate) -> None:
-    client = uvloop_server.client()
-    made = client.chat.completions.create(model="fake-model", messages=USER_HI, store=True,  # type: ignore[arg-type]
-                                          metadata={"loop": "uv"})  # fmt: skip
-    stream = client.chat.completions.create(model="fake-model", messages=USER_HI, store=True,  # type: ignore[arg-type]
-                                            metadata={"loop": "uv"}, stream=True)  # fmt: skip
-    streamed = {chunk.id for chunk in stream}
-    assert len(streamed) == 1
-    got = client.chat.completions.retrieve(made.id)
-    assert got.id == made.id and got.metadata == {"loop": "uv"}
-    listed = client.chat.completions.list(metadata={"loop": "uv"}, order="asc")
-    assert [c.id for c in listed.data] == [made.id, *streamed]
-    assert [m.content for m in client.chat.completions.messages.list(made.id).data] == ["hi"]
-    updated = client.chat.completions.update(made.id, metadata={"loop": "uv", "seen": "yes"})
-    assert updated.metadata == {"loop": "uv", "seen": "yes"}
-    assert client.chat.completions.delete(made.id).deleted
-    assert [c.id for c in client.chat.completions.list(metadata={"loop": "uv"}).data] == [*streamed]
-    assert "event loop uvloop" in uvloop_server.logs()
+    with uvloop_server.client() as client:
+        made = client.chat.completions.create(model="fake-model", messages=USER_HI, store=True,  # type: ignore[arg-type]
+                                              metadata={"loop": "uv"})  # fmt: skip
+        stream = client.chat.completions.create(model="fake-model", messages=USER_HI, store=True,  # type: ignore[arg-type]
+                                                metadata={"loop": "uv"}, stream=True)  # fmt: skip
+        streamed = {chunk.id for chunk in stream}
+        assert len(streamed) == 1
+        got = client.chat.completions.retrieve(made.id)
+        assert got.id == made.id and got.metadata == {"loop": "uv"}
+        listed = client.chat.completions.list(metadata={"loop": "uv"}, order="asc")
+        assert [c.id for c in listed.data] == [made.id, *streamed]
+        assert [m.content for m in client.chat.completions.messages.list(made.id).data] == ["hi"]
+        updated = client.chat.completions.update(made.id, metadata={"loop": "uv", "seen": "yes"})
+        assert updated.metadata == {"loop": "uv", "seen": "yes"}
+        assert client.chat.completions.delete(made.id).deleted
+        assert [c.id for c in client.chat.completions.list(metadata={"loop": "uv"}).data] == [*streamed]
+        assert "event loop uvloop" in uvloop_server.logs()
