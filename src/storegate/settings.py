@@ -55,7 +55,7 @@ class Settings:
     max_inflight: int = field(default=1000, metadata={"env": "STOREGATE_MAX_INFLIGHT"})
     sqlite_synchronous: str = field(default="FULL", metadata={"env": "STOREGATE_SQLITE_SYNCHRONOUS"})
     sqlite_cache_mib: int = field(default=64, metadata={"env": "STOREGATE_SQLITE_CACHE_MIB"})
-    event_loop: str = field(default="asyncio", metadata={"env": "STOREGATE_EVENT_LOOP"})
+    event_loop: str = field(default="uvloop", metadata={"env": "STOREGATE_EVENT_LOOP"})
     write_queue_max: int = field(default=10_000, metadata={"env": "STOREGATE_WRITE_QUEUE_MAX"})
     shutdown_timeout: float = field(default=30.0, metadata={"env": "STOREGATE_SHUTDOWN_TIMEOUT"})
     rate_limit_rpm: int = field(default=0, metadata={"env": "STOREGATE_RATE_LIMIT_RPM"})

@@ -1,5 +1,5 @@
-"""`--event-loop uvloop`: the whole suite runs on asyncio's loop (the default); this runs one stored
-completion's life on uvloop, on both stores, through the official SDK."""
+"""`--event-loop asyncio`: the whole suite runs on uvloop (the default); this runs one stored
+completion's life on asyncio's loop, on both stores, through the official SDK."""
 
 from __future__ import annotations
 
@@ -14,28 +14,28 @@ USER_HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def uvloop_server(request: pytest.FixtureRequest, fake: FakeBackend) -> Iterator[Storegate]:
+def asyncio_server(request: pytest.FixtureRequest, fake: FakeBackend) -> Iterator[Storegate]:
     url = None if request.param == "sqlite" else request.getfixturevalue("postgres").create_database()
-    sg = Storegate(fake.url, db_url=url, args=["--event-loop", "uvloop"]).start()
+    sg = Storegate(fake.url, db_url=url, args=["--event-loop", "asyncio"]).start()
     yield sg
     sg.stop()
 
 
-def test_a_stored_completion_lives_its_life_on_uvloop(uvloop_server: Storegate) -> None:
-    with uvloop_server.client() as client:
+def test_a_stored_completion_lives_its_life_on_asyncio(asyncio_server: Storegate) -> None:
+    with asyncio_server.client() as client:
         made = client.chat.completions.create(model="fake-model", messages=USER_HI, store=True,  # type: ignore[arg-type]
-                                              metadata={"loop": "uv"})  # fmt: skip
+                                              metadata={"loop": "asyncio"})  # fmt: skip
         stream = client.chat.completions.create(model="fake-model", messages=USER_HI, store=True,  # type: ignore[arg-type]
-                                                metadata={"loop": "uv"}, stream=True)  # fmt: skip
+                                                metadata={"loop": "asyncio"}, stream=True)  # fmt: skip
         streamed = {chunk.id for chunk in stream}
         assert len(streamed) == 1
         got = client.chat.completions.retrieve(made.id)
-        assert got.id == made.id and got.metadata == {"loop": "uv"}
-        listed = client.chat.completions.list(metadata={"loop": "uv"}, order="asc")
+        assert got.id == made.id and got.metadata == {"loop": "asyncio"}
+        listed = client.chat.completions.list(metadata={"loop": "asyncio"}, order="asc")
         assert [c.id for c in listed.data] == [made.id, *streamed]
         assert [m.content for m in client.chat.completions.messages.list(made.id).data] == ["hi"]
-        updated = client.chat.completions.update(made.id, metadata={"loop": "uv", "seen": "yes"})
-        assert updated.metadata == {"loop": "uv", "seen": "yes"}
+        updated = client.chat.completions.update(made.id, metadata={"loop": "asyncio", "seen": "yes"})
+        assert updated.metadata == {"loop": "asyncio", "seen": "yes"}
         assert client.chat.completions.delete(made.id).deleted
-        assert [c.id for c in client.chat.completions.list(metadata={"loop": "uv"}).data] == [*streamed]
-        assert "event loop uvloop" in uvloop_server.logs()
+        assert [c.id for c in client.chat.completions.list(metadata={"loop": "asyncio"}).data] == [*streamed]
+        assert "event loop asyncio" in asyncio_server.logs()
