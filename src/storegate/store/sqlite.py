@@ -186,9 +186,9 @@ class SQLiteStore:
 
         It is read inside the pass's snapshot when a read already began one (key lookups then read
         that same state), else on its own: a pass that only authenticates (creates, streams) holds
-        no snapshot, which would keep the writer's checkpoints from restarting the WAL (measured:
-        +8 us of writer CPU per stored completion). A key lookup later in the pass begins a snapshot
-        no older than the epoch, so what is remembered under an epoch is never older than it."""
+        no snapshot that would keep the writer's checkpoints from restarting the WAL. A key lookup
+        later in the pass begins a snapshot no older than the epoch, so what is remembered under an
+        epoch is never older than it."""
         if self._epoch is None and self._reader is not None:
             try:
                 self._epoch = self._reader.execute("PRAGMA data_version").fetchone()[0]
