@@ -220,11 +220,17 @@ class SQLiteStore:
     def _end_pass(self) -> None:
         self._in_pass = False
         self._epoch = None
-        if self._reader is not None and self._reader.in_transaction:
+        reader = self._reader
+        if reader is not None and reader.in_transaction:
             try:
-                self._reader.execute("COMMIT")
+                reader.execute("COMMIT")
             except sqlite3.Error:
-                log.exception("ending a read transaction failed")
+                log.exception("ending a read transaction failed; rolling it back")
+                # A read transaction left open would serve this snapshot forever: never keep it.
+                try:
+                    reader.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rolling back a read transaction failed")
 
     async def _read_aside(self, read: Callable[[sqlite3.Connection], Rows]) -> Rows:
         def run() -> Rows:
