@@ -7,7 +7,8 @@ taken per round against the same round's baseline, medians reported):
   create  - non-streamed create: direct to the fake backend, storegate store=false, store=true
             (SQLite, storegate's defaults: synchronous=FULL), LiteLLM proxy (stores nothing);
   stream  - 50-chunk streams (10 ms apart): time to first chunk and inter-chunk gaps, direct vs
-            storegate (store=true and store=false), measured by sse_client.py;
+            storegate (store=true and store=false), and through a bare TCP relay (relay.py: what
+            one hop costs with no work, for reading), measured by sse_client.py;
   stored  - retrieve / list / messages / update / delete on stores of 10k and 1M completions,
             SQLite (and PostgreSQL when its cluster is free), healthz on the same server as floor;
   soak    - minutes of mixed create(store=true)/list/retrieve, storegate's RSS sampled.
@@ -141,6 +142,12 @@ def fake_server(tmp: Path) -> Server:
     port = free_port()
     argv = [PY, str(HERE / "fakeup.py"), str(port), "--chunks", str(CHUNKS), "--delay", str(CHUNK_DELAY)]
     return Server(name="fake", argv=argv, port=port, log=tmp / "fake.log", cwd=str(HERE))
+
+
+def relay_server(tmp: Path, target_port: int) -> Server:
+    port = free_port()
+    argv = [PY, str(HERE / "relay.py"), str(port), str(target_port)]
+    return Server(name="relay", argv=argv, port=port, log=tmp / "relay.log", cwd=str(HERE))
 
 
 def storegate_server(name: str, tmp: Path, db_url: str, backend: str) -> Server:
@@ -303,7 +310,7 @@ def run_scenario(sc: Scenario, cfg: Config, tmp: Path) -> dict[str, Any]:
         "targets": [{"name": t.name, "label": t.label, "server": t.server, "group": t.group,
                      "kind": "sse" if _is_sse(t) else "wrk", "conns": list(t.conns),
                      "baseline": t.baseline or sc.baseline,
-                     "limit": t.limit, "first_request": _show(t)} for t in sc.targets],  # fmt: skip
+                     "limit": t.limit, "first_request": _show(t)} for t in sc.targets],
         "servers": [{"name": s.name, "argv": [str(a) for a in s.argv], "pid": pids.get(s.name)} for s in sc.servers],
         "probes": probes,
         "extra": sc.extra,
@@ -633,13 +640,16 @@ def evaluate_create(sc: Scenario, runs: list[dict[str, Any]]) -> list[dict[str, 
 def stream_scenario(tmp: Path) -> Scenario:
     fake = fake_server(tmp)
     sg = storegate_server("storegate", tmp, f"sqlite:///{tmp / 'stream.db'}", f"http://{HOST}:{fake.port}/v1")
+    relay = relay_server(tmp, fake.port)
     targets = [
         Target("direct", "direct to the fake backend", "fake", sse_body=chat_body(None, stream=True)),
+        Target("relay", "through a TCP byte relay (bench/relay.py): one hop, no HTTP (for reading)", "relay",
+               sse_body=chat_body(None, stream=True)),
         Target("sg_store", "storegate, store=true", "storegate", sse_body=chat_body(True, 7, stream=True)),
         Target("sg_nostore", "storegate, store=false", "storegate", sse_body=chat_body(False, stream=True)),
     ]
     sc = Scenario("stream", f"Create, streamed ({CHUNKS} chunks, one every {CHUNK_DELAY * 1e3:.0f} ms)",
-                  "direct", [fake, sg], targets)  # fmt: skip
+                  "direct", [fake, relay, sg], targets)  # fmt: skip
     sc.evaluate = evaluate_stream
     return sc
 
@@ -651,6 +661,8 @@ def evaluate_stream(sc: Scenario, runs: list[dict[str, Any]]) -> list[dict[str, 
             r = paired(runs, "sg_store", "direct", conns, ratio_of(metric))
             p99 = paired(runs, "sg_store", "direct", conns, ratio_of(metric.replace("p50", "p99")))
             r["p99_ratio"] = p99
+            if any(x["target"] == "relay" for x in runs):  # what one bare hop costs, for reading
+                r["relay"] = paired(runs, "relay", "direct", conns, ratio_of(metric))["median"]
             out.append(verdict(f"4 {metric.split('.')[0]} c={conns}", f"streamed store=true c={conns}: {what} vs direct",
                                r["median"], "<=", 1.05, r, [("sg_store", conns)]))  # fmt: skip
     return out

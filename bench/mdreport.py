@@ -53,6 +53,8 @@ def fmt_ratio(v: dict[str, Any]) -> str:
     text = f"{v['measured']:.3f}×"
     if d.get("min") is not None and len(d.get("values", [])) > 1:
         text += f" ({d['min']:.3f}–{d['max']:.3f})"
+    if d.get("relay") is not None:
+        text += f"; a bare TCP relay: {d['relay']:.3f}×"
     return text
 
 
