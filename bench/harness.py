@@ -420,8 +420,15 @@ def paired(runs: list[dict[str, Any]], a: str, b: str, conns: int, fn: Callable[
         v = fn(ra[rnd], rb[rnd])
         if v is not None and v == v:
             values.append(v)
-    return {"median": med(values), "min": min(values) if values else None, "max": max(values) if values else None,
-            "values": [round(v, 4) for v in values]}  # fmt: skip
+    out = {"median": med(values), "min": min(values) if values else None, "max": max(values) if values else None,
+           "values": [round(v, 4) for v in values]}  # fmt: skip
+    metric = getattr(fn, "metric", None)
+    if metric is not None:  # the two sides' own medians, for reading beside the ratio
+        both = sorted(ra.keys() & rb.keys())
+        out["metric"] = metric
+        out["a"] = med([m for m in (_metric(ra[k], metric) for k in both) if m is not None])
+        out["b"] = med([m for m in (_metric(rb[k], metric) for k in both) if m is not None])
+    return out
 
 
 def ratio_of(metric: str) -> Callable[[dict[str, Any], dict[str, Any]], float | None]:
@@ -429,6 +436,7 @@ def ratio_of(metric: str) -> Callable[[dict[str, Any], dict[str, Any]], float | 
         a, b = _metric(x, metric), _metric(y, metric)
         return a / b if a is not None and b else None
 
+    fn.metric = metric  # type: ignore[attr-defined]
     return fn
 
 

@@ -53,6 +53,9 @@ def fmt_ratio(v: dict[str, Any]) -> str:
     text = f"{v['measured']:.3f}×"
     if d.get("min") is not None and len(d.get("values", [])) > 1:
         text += f" ({d['min']:.3f}–{d['max']:.3f})"
+    if d.get("a") is not None and d.get("b") is not None:
+        unit = "req/s" if d.get("metric") == "rps" else "ms"
+        text += f"; {_f(d['a'], 0 if unit == 'req/s' else 2)} vs {_f(d['b'], 0 if unit == 'req/s' else 2)} {unit}"
     if d.get("relay") is not None:
         text += f"; a bare TCP relay: {d['relay']:.3f}×"
     return text
@@ -120,7 +123,7 @@ def render(data: dict[str, Any], json_path: Path, md_path: Path) -> str:
     if skipped:
         lines.append("- **Skipped:** " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     lines += ["", "## Targets", "",
-              "| # | target | measured (median over rounds; min–max) | goal | verdict |",
+              "| # | target | measured (median of the per-round ratios; min–max; each side's own median, whose quotient need not equal the ratio) | goal | verdict |",
               "|---|---|---|---|---|"]  # fmt: skip
     for v in data.get("targets", []):
         lines.append(f"| {v['id']} | {v['target']} | {fmt_ratio(v)} | {_goal(v)} | {_state(v)} |")

@@ -39,6 +39,15 @@ class _Half(asyncio.Protocol):
         if peer is not None and peer.transport is not None:
             peer.transport.close()
 
+    # Flow control: while this side's socket cannot take more, stop reading from its peer.
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
 
 class _Client(_Half):
     def __init__(self, target_port: int) -> None:
