@@ -64,3 +64,29 @@ def test_logprobs_and_extra_string_fields_accumulate() -> None:
     choice = r.result("chatcmpl-1", 5, None)["choices"][0]
     assert choice["message"]["reasoning_content"] == "hmm"
     assert choice["logprobs"] == {"content": [lp, lp], "refusal": None}
+
+
+def test_a_long_stream_joins_its_parts_once_and_result_can_be_asked_twice() -> None:
+    r = Reassembly()
+    r.add(_chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}]))
+    for i in range(5000):
+        r.add(_chunk([{"index": 0, "delta": {"content": f"{i},"}}]))
+    r.add(
+        _chunk(
+            [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"arguments": "{"}}]}}]
+        )
+    )
+    r.add(_chunk([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}}]))
+    first = r.result("chatcmpl-1", 5, None)
+    message = first["choices"][0]["message"]
+    assert message["content"] == "".join(f"{i}," for i in range(5000))
+    assert message["tool_calls"] == [{"id": "c", "function": {"arguments": "{}"}}]
+    assert r.result("chatcmpl-1", 5, None) == first
+
+
+def test_a_string_followed_by_a_value_of_another_type_is_replaced_as_before() -> None:
+    r = Reassembly()
+    r.add(_chunk([{"index": 0, "delta": {"role": "assistant", "audio": "a"}}]))
+    r.add(_chunk([{"index": 0, "delta": {"audio": "b"}}]))
+    r.add(_chunk([{"index": 0, "delta": {"audio": {"id": "x"}}}]))
+    assert r.result("chatcmpl-1", 5, None)["choices"][0]["message"]["audio"] == {"id": "x"}
