@@ -3,6 +3,7 @@
     bench/ab                                  # HEAD vs the working tree: retrieve, healthz, create
     bench/ab --base 7ed8609 --rounds 7 create-store create-nostore
     bench/ab --store 1M list retrieve
+    bench/ab stream-store stream-nostore      # 50-chunk streams: CPU per stream; TTFT p50 for p99
 
 Two storegate servers run at once, one from `git archive <base>` (PYTHONPATH), one from the
 working tree's src/, both on one copy of a bench/million store (the stored scenarios only read)
@@ -37,10 +38,11 @@ sys.path[:0] = [str(HERE), str(HERE / "stack"), str(HERE / "million")]
 import harness  # noqa: E402
 import stores  # noqa: E402
 from procs import CLK_TCK, Server, free_port  # noqa: E402  (bench/stack)
-from wrkrun import run_wrk, write_lines  # noqa: E402
+from wrkrun import run_sse, run_wrk, write_lines  # noqa: E402
 
 STORED = ("healthz", "retrieve", "list", "list_user", "messages")
 CREATES = {"create-store": True, "create-nostore": False}
+STREAMS = {"stream-store": True, "stream-nostore": False}  # CPU per stream, TTFT p50 in the p99 column
 
 
 def _threads_cpu(pid: int) -> tuple[float, float]:
@@ -89,7 +91,7 @@ def _fmt(xs: list[float], digits: int = 0) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenarios", nargs="*", default=["healthz", "retrieve", "create-store", "create-nostore"],
-                    help=f"any of {', '.join(STORED + tuple(CREATES))}")  # fmt: skip
+                    help=f"any of {', '.join(STORED + tuple(CREATES) + tuple(STREAMS))}")  # fmt: skip
     ap.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
     ap.add_argument("--new", default=None, help="git revision for the new side (default: the working tree; "
                     "`--base HEAD --new HEAD` measures the tool's own A/A spread)")
@@ -99,7 +101,7 @@ def main() -> int:
     ap.add_argument("--store", default="10k", choices=("10k", "1M"), help="bench/million's SQLite store to copy")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `storegate serve` argument (both)")
     args = ap.parse_args()
-    unknown = [s for s in args.scenarios if s not in STORED and s not in CREATES]
+    unknown = [s for s in args.scenarios if s not in STORED and s not in CREATES and s not in STREAMS]
     if unknown:
         ap.error(f"unknown scenarios: {unknown}")
     stored = [s for s in args.scenarios if s in STORED]
@@ -134,7 +136,7 @@ def main() -> int:
         for server in by_side.values():
             server.wait_ready()
             harness.wait_http(server.port, "/healthz", 30)
-        files = {s: write_lines(tmp / f"{s}.txt", _lines(s, workload)) for s in args.scenarios}
+        files = {s: write_lines(tmp / f"{s}.txt", _lines(s, workload)) for s in args.scenarios if s not in STREAMS}
         for s in stored:  # read every line once on both sides: no side serves a colder cache
             for server in by_side.values():
                 run_wrk(f"http://{harness.HOST}:{server.port}", files[s], 8, 60, len(_lines(s, workload)), {})
@@ -151,9 +153,16 @@ def main() -> int:
                         "all": lambda pid=pid: _threads_cpu(pid)[0],
                         "threads": lambda pid=pid: _threads_cpu(pid)[1],
                     }
-                    rec: dict[str, Any] = run_wrk(f"http://{harness.HOST}:{server.port}", files[s], args.conns,
-                                                  args.seconds, 0, cpu, [server.pgid])  # fmt: skip
-                    if rec["errors"]:
+                    url = f"http://{harness.HOST}:{server.port}"
+                    rec: dict[str, Any]
+                    if s in STREAMS:
+                        body = harness.chat_body(STREAMS[s], r, stream=True)
+                        rec = run_sse(url + "/v1/chat/completions", body, args.conns, args.seconds, harness.CHUNKS,
+                                      cpu, [server.pgid], tmp)  # fmt: skip
+                        rec["rps"], rec["p99_us"] = rec["streams_per_s"], rec["ttft"]["p50_ms"] * 1000
+                    else:
+                        rec = run_wrk(url, files[s], args.conns, args.seconds, 0, cpu, [server.pgid])
+                    if rec["errors"] or rec.get("bad_chunk_count"):
                         raise RuntimeError(f"{side} {s}: {rec['errors']} errors: {rec}")
                     per = rec["server_cpu_us_per_req"]
                     results[s][side].append({"rps": rec["rps"], "cpu": per["all"], "threads": per["threads"],
@@ -164,6 +173,8 @@ def main() -> int:
               f"medians (CPU = storegate's, us per request; 'threads' = all but the event loop)")  # fmt: skip
         print(f"{'scenario':<16}{'base req/s':>12}{'new req/s':>12}  {'new/base (min-max)':<22}"
               f"{'base cpu':>10}{'new cpu':>10}{'base thr':>10}{'new thr':>10}{'base p99':>10}{'new p99':>10}")  # fmt: skip
+        if any(s in STREAMS for s in args.scenarios):
+            print("(stream rows: req/s is streams/s, CPU is per 50-chunk stream, and the p99 columns hold TTFT p50)")
         for s in args.scenarios:
             b, w = results[s]["base"], results[s]["new"]
             ratios = [x["rps"] / y["rps"] for x, y in zip(w, b, strict=True)]
