@@ -107,7 +107,7 @@ def serve(settings: Settings) -> int:
 def _event_loop(kind: str) -> asyncio.AbstractEventLoop:
     """uvloop by default. Measured: on asyncio's loop, creates serve 0-8% fewer requests and 64
     concurrent streams wait 1.9x as long as direct for their first chunk (1.15-1.73x on uvloop;
-    bench/run 2026-11-26 06:48Z against 05:55Z, 07:09Z and 08:26Z). But once the loop is saturated, uvloop answers some connections
+    bench/run 2026-11-26 06:48Z against 05:55Z, 07:09Z, 08:26Z and 09:17Z). But once the loop is saturated, uvloop answers some connections
     far later than others: list p99 176 ms against 38 ms on asyncio's loop (bench/ab, c=64), and the
     same on a bare aiohttp handler (p99 up to 211 ms, max 490 ms; 35 and 52 ms on asyncio's)."""
     if kind == "uvloop":
