@@ -157,7 +157,7 @@ class Upstream:
         """The data of each SSE event, lines joined with newlines; transport failures are mapped."""
         # The pieces of a line whose end has not arrived: kept apart and joined once the end comes,
         # so a long line costs time linear in its length. Measured per event of the bench's streams:
-        # 1.1 us, against 2.5 us for a bytearray cut line by line.
+        # 1.5 us, against 2.5 us for a bytearray cut line by line.
         pending: list[bytes] = []
         pending_size = 0
         data: list[bytes] = []
@@ -166,23 +166,18 @@ class Upstream:
                 if b"\n" not in piece:
                     pending.append(piece)
                     pending_size += len(piece)
-                    if pending_size > _MAX_EVENT:
-                        raise BackendFailed(f"backend {self.backend.name!r} sent an SSE line over 64 MiB")
-                    continue
-                if pending:
-                    pending.append(piece)
-                    piece = b"".join(pending)
-                lines = piece.split(b"\n")
-                last = lines.pop()
-                pending, pending_size = ([last], len(last)) if last else ([], 0)
-                for raw in lines:
-                    line = raw.rstrip(b"\r")
-                    if not line:
-                        if data:
-                            yield b"\n".join(data)
-                            data = []
-                    elif line.startswith(b"data:"):
-                        data.append(line[6:] if line[5:6] == b" " else line[5:])
+                else:
+                    lines = (b"".join((*pending, piece)) if pending else piece).split(b"\n")
+                    last = lines.pop()
+                    pending, pending_size = ([last], len(last)) if last else ([], 0)
+                    for raw in lines:
+                        line = raw.rstrip(b"\r")
+                        if not line:
+                            if data:
+                                yield b"\n".join(data)
+                                data = []
+                        elif line.startswith(b"data:"):
+                            data.append(line[6:] if line[5:6] == b" " else line[5:])
                 if pending_size > _MAX_EVENT:
                     raise BackendFailed(f"backend {self.backend.name!r} sent an SSE line over 64 MiB")
         except _TRANSPORT as exc:
