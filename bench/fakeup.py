@@ -9,6 +9,11 @@ as little as possible per request, so that "direct to the backend" is a floor, n
   not drift), then a usage chunk if stream_options.include_usage asked for one, then [DONE];
 - GET .../models: one model; GET /ceiling: a fixed ~300-byte body (wrk's own ceiling on this box).
 
+With `--stamp`, a stream's first chunk carries two wall-clock times (time.time()) in place of its
+system_fingerprint, "ARRIVED/SENT": when the request arrived and when that chunk was written. A client
+on the same machine can then split its time to first chunk into the way in, the backend's own wait
+and the way out (bench/ttft_legs.py). Without it every byte is as before.
+
 Keep-alive, Content-Length and chunked request bodies; no pipelining while a stream is open (the
 next request waits in the buffer until the stream ends, as HTTP/1.1 requires).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import time
 from typing import Any, ClassVar, cast
 
 import orjson
@@ -123,6 +129,7 @@ SSE_DONE = _sse(b"[DONE]") + b"0\r\n\r\n"
 class FakeBackend(asyncio.Protocol):
     chunks = 50
     delay = 0.010
+    stamp = False
     templates: ClassVar[list[tuple[bytes, bytes]]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -222,6 +229,7 @@ class FakeBackend(asyncio.Protocol):
 
     def _start_stream(self, n: int, usage: bool) -> None:
         self.streaming = True
+        arrived = time.time()
         self.transport.write(SSE_HEAD)
         ident = str(n).encode()
         t0 = self.loop.time()
@@ -231,6 +239,8 @@ class FakeBackend(asyncio.Protocol):
             if self.transport.is_closing():
                 return
             pre, post = self.templates[k]
+            if k == 0 and self.stamp:
+                post = post.replace(b'"fp_fc9f1d7035"', b'"%.6f/%.6f"' % (arrived, time.time()))
             frames = [_sse(pre + ident + post)]
             if k + 1 < len(self.templates):
                 self.timer = self.loop.call_at(t0 + (k + 2) * self.delay, send, k + 1)
@@ -252,9 +262,11 @@ def main() -> None:
     ap.add_argument("port", type=int)
     ap.add_argument("--chunks", type=int, default=50)
     ap.add_argument("--delay", type=float, default=0.010, help="seconds before each chunk")
+    ap.add_argument("--stamp", action="store_true", help="first chunk's system_fingerprint: ARRIVED/SENT")
     args = ap.parse_args()
     FakeBackend.chunks = args.chunks
     FakeBackend.delay = args.delay
+    FakeBackend.stamp = args.stamp
     FakeBackend.templates = _chunk_templates(args.chunks)
 
     import uvloop

@@ -1,10 +1,15 @@
-"""Streaming load client: `python sse_client.py URL BODY_FILE CONNS SECONDS EXPECT_CHUNKS`.
+"""Streaming load client: `python sse_client.py URL BODY_FILE CONNS SECONDS EXPECT_CHUNKS [--legs]`.
 
 CONNS workers (uvloop, one aiohttp session with CONNS keep-alive connections) each POST the body,
 read the SSE stream as it arrives and start the next stream when it ends, until SECONDS have passed
 (streams under way then are finished and counted). Per stream it records the time to the first data
 event (TTFT, from just before the request is sent) and every gap between consecutive data events;
 events that arrive in one read share a timestamp. Prints one `JSON:{...}` line with percentiles.
+
+With `--legs`, against `fakeup.py --stamp` (directly or through a proxy that passes
+system_fingerprint on), each first chunk's two stamps split its TTFT into three legs, wall-clock
+on this machine: `leg_in` (request sent -> the backend has it), `leg_backend` (-> the backend sent
+the first chunk) and `leg_out` (-> this client read it).
 """
 
 from __future__ import annotations
@@ -36,8 +41,19 @@ def summary(xs: list[float]) -> dict[str, float]:
             "p99_ms": pct(xs, 99) * 1e3, "max_ms": xs[-1] * 1e3, "mean_ms": sum(xs) / len(xs) * 1e3}  # fmt: skip
 
 
-async def main(url: str, body: bytes, conns: int, seconds: float, expect: int) -> dict[str, Any]:
+def _legs(event: bytes, sent: float, received: float) -> tuple[float, float, float] | None:
+    """(in, backend, out) from a first event's "ARRIVED/SENT" system_fingerprint, if it has one."""
+    try:
+        arrived, first = map(float, orjson.loads(event[6:])["system_fingerprint"].split("/"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return arrived - sent, first - arrived, received - first
+
+
+async def main(url: str, body: bytes, conns: int, seconds: float, expect: int,
+               legs: bool = False) -> dict[str, Any]:  # fmt: skip
     ttfts: list[float] = []
+    split: list[tuple[float, float, float]] = []
     gaps: list[float] = []
     totals: list[float] = []
     bad_count = 0
@@ -53,6 +69,7 @@ async def main(url: str, body: bytes, conns: int, seconds: float, expect: int) -
             nonlocal bad_count, streams
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
+                wall0 = time.time()
                 stamps: list[float] = []
                 done = False
                 try:
@@ -73,6 +90,10 @@ async def main(url: str, body: bytes, conns: int, seconds: float, expect: int) -
                                 if ev.startswith(b"data: [DONE]"):
                                     done = True
                                 elif ev.startswith(b"data: "):
+                                    if legs and not stamps:
+                                        leg = _legs(ev, wall0, time.time())
+                                        if leg is not None:
+                                            split.append(leg)
                                     stamps.append(now)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     key = type(exc).__name__
@@ -91,7 +112,12 @@ async def main(url: str, body: bytes, conns: int, seconds: float, expect: int) -
         await asyncio.gather(*(worker() for _ in range(conns)))
         elapsed = time.perf_counter() - t_start
     ru = resource.getrusage(resource.RUSAGE_SELF)
+    extra = {}
+    if legs:
+        extra = {name: summary([leg[i] for leg in split])
+                 for i, name in enumerate(("leg_in", "leg_backend", "leg_out"))}  # fmt: skip
     return {
+        **extra,
         "streams": streams,
         "elapsed_s": elapsed,
         "streams_per_s": streams / elapsed,
@@ -110,5 +136,6 @@ if __name__ == "__main__":
     url, body_file, conns, seconds, expect = sys.argv[1:6]
     import uvloop
 
-    result = uvloop.run(main(url, Path(body_file).read_bytes(), int(conns), float(seconds), int(expect)))
+    result = uvloop.run(main(url, Path(body_file).read_bytes(), int(conns), float(seconds), int(expect),
+                             legs="--legs" in sys.argv[6:]))  # fmt: skip
     print("JSON:" + orjson.dumps(result).decode(), flush=True)
