@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,26 @@ def test_quick_mode_runs_and_writes_its_results(tmp_path: Path) -> None:
     assert data["soak"]["samples"], "no RSS samples"
     assert {t["id"] for t in data["targets"]} >= TARGETS
     assert results[0].with_suffix(".md").read_text().startswith("# storegate performance harness")
+
+
+@pytest.mark.timeout(90)
+def test_ttft_legs_splits_each_first_chunk(tmp_path: Path) -> None:
+    """bench/ttft_legs.py: every stream's first chunk carries the backend's stamps through the relay
+    and through storegate, and the three legs add up to the time to first chunk."""
+    out_json = tmp_path / "legs.json"
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "ttft_legs.py"), "--rounds", "1", "--seconds", "1",
+         "--json", str(out_json)],
+        cwd=REPO, capture_output=True, text=True, timeout=85, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, f"bench/ttft_legs.py failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    runs = json.loads(out_json.read_text())["runs"]
+    assert {(r["target"], r["conns"]) for r in runs} == {
+        (target, conns) for target in ("direct", "relay", "storegate") for conns in (1, 64)
+    }
+    for run in runs:
+        p50 = run["p50_ms"]
+        assert run["streams"] > 0
+        assert p50["leg_backend"] >= 9.0  # the fake backend's 10 ms schedule, on the same clock
+        assert p50["leg_in"] > 0 and p50["leg_out"] > 0
+    assert "| storegate | 64 |" in out.stdout
