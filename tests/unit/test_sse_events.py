@@ -1,36 +1,21 @@
 """A backend's event stream parses to the same events however its bytes are cut into reads."""
 
-import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storegate.backends import client
-from storegate.backends.client import Upstream
+from storegate.backends import stream
+from storegate.backends.stream import SSEDecoder
 from storegate.errors import BackendFailed
 
 
-class _Content:
-    def __init__(self, pieces: list[bytes]) -> None:
-        self._pieces = pieces
-
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        for piece in self._pieces:
-            yield piece
-
-
 def _events(pieces: list[bytes]) -> list[bytes]:
-    upstream = Upstream(SimpleNamespace(name="b"), SimpleNamespace(content=_Content(pieces)))  # type: ignore[arg-type]
-
-    async def collect() -> list[bytes]:
-        return [data async for data in upstream.events()]
-
-    return asyncio.run(collect())
+    decoder = SSEDecoder("b")
+    out = [event for piece in pieces for event in decoder.feed(piece)]
+    return out + decoder.end()
 
 
 def _cut(raw: bytes, cuts: list[int]) -> list[bytes]:
@@ -73,7 +58,7 @@ def test_a_last_event_without_its_blank_line_is_still_delivered() -> None:
 
 
 def test_a_line_longer_than_the_limit_fails_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client, "_MAX_EVENT", 64)
+    monkeypatch.setattr(stream, "MAX_EVENT", 64)
     pieces: list[Any] = [b"data: " + b"x" * 40, b"x" * 40]
     with pytest.raises(BackendFailed, match="over 64 MiB"):
         _events(pieces)

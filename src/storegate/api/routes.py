@@ -38,19 +38,38 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         return await _send_stream(request, result)
 
 
+class _Client:
+    """The client's connection as a stream's Output: frames go straight onto its socket, in the
+    transfer coding aiohttp announced (chunked for HTTP/1.1), after the headers aiohttp sent."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self._transport = request.transport
+        self._protocol = request.protocol
+        self._writer = request.writer
+        self._chunked = response.headers.get("Transfer-Encoding") == "chunked"
+
+    def send(self, frame: bytes) -> bool:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return True  # the client left; aiohttp cancels the handler, which drops the backend
+        transport.write(b"%x\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame)
+        return not self._protocol.writing_paused
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+
 async def _send_stream(request: web.Request, stream: ChatStream) -> web.StreamResponse:
     response = web.StreamResponse(headers=SSE_HEADERS)
-    frames = stream.frames()
     try:
         await response.prepare(request)
-        async for frame in frames:
-            await response.write(frame)
+        await response.write(b"")  # the headers go out now, before any frame
+        last = await stream.relay(_Client(request, response))
+        await response.write(last)
     except ConnectionError:  # the client left while we wrote to it
-        await frames.aclose()
         await stream.abandon()
         return response
     except asyncio.CancelledError:  # the client left while we waited for the backend
-        await frames.aclose()
         await stream.abandon()
         raise
     await response.write_eof()

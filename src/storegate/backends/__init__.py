@@ -2,5 +2,6 @@
 
 from storegate.backends.client import Backend, Upstream
 from storegate.backends.router import Router
+from storegate.backends.stream import Response
 
-__all__ = ["Backend", "Router", "Upstream"]
+__all__ = ["Backend", "Response", "Router", "Upstream"]

@@ -26,14 +26,15 @@ class Chat:
         """The response body, or for `stream: true` a ChatStream whose backend has answered 200."""
         call = prepare(raw, project=project, request_id=request_id, router=self._router, minter=self._minter,
                        store_default=self._store_default)  # fmt: skip
-        upstream = await call.backend.post(call.forward, request_id, client_key)
         if call.stream:
-            if not upstream.is_event_stream:
-                upstream.close()
+            response = await call.backend.stream(call.forward, request_id, client_key)
+            if not response.is_event_stream:
+                response.close()
                 raise BackendFailed(
                     f"backend {call.backend.name!r} did not answer the stream with an event stream"
                 )
-            return ChatStream(call, upstream, self._store)
+            return ChatStream(call, response, self._store)
+        upstream = await call.backend.post(call.forward, request_id, client_key)
         async with upstream:
             doc = await upstream.json()
         _check_completion(doc, call.backend.name)

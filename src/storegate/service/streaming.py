@@ -1,17 +1,18 @@
 """A streamed create: pass each chunk on as it arrives (with our id and clock), reassemble, store.
 
-The completion is durable before the client sees `data: [DONE]`. A stream cut short by either side
-is stored as far as it got, marked incomplete; the client then gets an error event and no [DONE].
+Each event is framed and handed to the client's connection inside the backend connection's
+`data_received` (backends/stream.py), so a chunk costs no task switch on its way through. The
+completion is durable before the client sees `data: [DONE]`. A stream cut short by either side is
+stored as far as it got, marked incomplete; the client then gets an error event and no [DONE].
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from storegate.backends import Upstream
+from storegate.backends.stream import Response
 from storegate.errors import BackendFailed, BackendTimeout, StoregateError
 from storegate.service.call import Call
 from storegate.service.reassembly import Reassembly
@@ -19,6 +20,16 @@ from storegate.store import Store
 
 log = logging.getLogger("storegate.stream")
 DONE = b"data: [DONE]\n\n"
+
+
+class Output(Protocol):
+    """Where the frames go: the client's connection."""
+
+    def send(self, frame: bytes) -> bool:
+        """Write one SSE frame now; False once the client's buffer is over its limit."""
+
+    async def drain(self) -> None:
+        """Until the client's buffer is back under its limit (raises ConnectionError if it left)."""
 
 
 class BackendStreamError(StoregateError):
@@ -33,48 +44,71 @@ class BackendStreamError(StoregateError):
 
 
 class ChatStream:
-    def __init__(self, call: Call, upstream: Upstream, store: Store) -> None:
+    def __init__(self, call: Call, response: Response, store: Store) -> None:
         self._call = call
-        self._upstream = upstream
+        self._response = response
         self._store = store
         self._assembly = Reassembly()
         self._backend_id: Any = None
         self._persisting: asyncio.Task[None] | None = None
+        self._done = False
+        self._draining: asyncio.Task[None] | None = None
 
-    async def frames(self) -> AsyncGenerator[bytes, None]:
-        """The SSE frames to send, ending with [DONE] only once a stored completion is durable."""
+    async def relay(self, out: Output) -> bytes:
+        """Send every chunk as it arrives; once the backend is done, store the completion (durably)
+        and return the last frame to send: [DONE], or an error event (then the stream is stored as
+        far as it got, marked incomplete). Cancelled (the client left): the backend is dropped."""
+        response = self._response
+
+        def on_event(data: bytes) -> None:
+            if self._done:
+                return
+            if data == b"[DONE]":
+                self._done = True
+                response.stop()
+                return
+            frame = self._frame(data)  # a StoregateError here fails the response
+            if frame is not None and not out.send(frame) and self._draining is None:
+                response.pause()
+                self._draining = asyncio.ensure_future(self._drain(out))
+
         failure: StoregateError | None = None
-        done = False
-        async with self._upstream:
-            try:
-                async for data in self._upstream.events():
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    frame = self._frame(data)
-                    if frame is not None:
-                        yield frame
-            except StoregateError as exc:
-                failure = exc
-        if failure is None and not done:
+        response.attach(on_event)
+        try:
+            await response.done()
+        except StoregateError as exc:
+            failure = exc
+        finally:
+            if self._draining is not None:
+                self._draining.cancel()
+            response.close()
+        if failure is None and not self._done:
             failure = BackendFailed(f"backend {self._call.backend.name!r} ended the stream without [DONE]")
         if failure is not None:
             await self._persist_quietly(
                 "backend_timeout" if isinstance(failure, BackendTimeout) else "backend_error"
             )
-            yield b"data: " + failure.body() + b"\n\n"
-            return
+            return b"data: " + failure.body() + b"\n\n"
         task = self._persist(None)
         if task is not None:
             try:
                 await asyncio.shield(task)
             except StoregateError as exc:
-                yield b"data: " + exc.body() + b"\n\n"
-                return
-        yield DONE
+                return b"data: " + exc.body() + b"\n\n"
+        return DONE
+
+    async def _drain(self, out: Output) -> None:
+        try:
+            await out.drain()
+        except ConnectionError:
+            return  # the client left: its handler is being cancelled, which drops the backend
+        finally:
+            self._draining = None
+        self._response.resume()
 
     async def abandon(self) -> None:
-        """The client left: store what was produced, marked incomplete."""
+        """The client left: drop the backend, store what was produced, marked incomplete."""
+        self._response.close()
         await self._persist_quietly("client_disconnected")
 
     def _frame(self, data: bytes) -> bytes | None:
