@@ -2,10 +2,12 @@
 and that a streamed completion is stored exactly as the same non-streamed one."""
 
 import re
+import socket
 import time
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from tests.fakes import FakeBackend
@@ -153,6 +155,41 @@ def test_big_answer_is_passed_and_stored(client: openai.OpenAI) -> None:
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == content
     assert client.chat.completions.retrieve(chunks[0].id).choices[0].message.content == content
+
+
+def test_a_client_that_reads_slowly_gets_the_whole_stream(server: Storegate, client: openai.OpenAI) -> None:
+    """A 12 MB stream to a client with a small receive window that stops reading for a while: more
+    than the sockets' buffers hold, so storegate must stop reading the backend until the client
+    catches up; every byte still arrives, in order, and the whole completion is stored."""
+    body = orjson.dumps({"model": "fake-model+huge", "messages": USER, "store": True, "stream": True})
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))  # fmt: skip
+        time.sleep(1.5)  # the backend has long sent everything; storegate holds what the client has not read
+        raw = bytearray()
+        sock.settimeout(30)
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, payload = bytes(raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head
+    datas = [e[6:] for e in _dechunk(payload).split(b"\n\n") if e.startswith(b"data: ")]
+    assert datas[-1] == b"[DONE]"
+    chunks = [orjson.loads(d) for d in datas[:-1]]
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert len(content) > 12_000_000
+    assert client.chat.completions.retrieve(chunks[0]["id"]).choices[0].message.content == content
+
+
+def _dechunk(payload: bytes) -> bytes:
+    out, pos = bytearray(), 0
+    while True:
+        end = payload.index(b"\r\n", pos)
+        size = int(payload[pos:end], 16)
+        if size == 0:
+            return bytes(out)
+        out += payload[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
 
 
 def test_models_lists_backend_models(client: openai.OpenAI) -> None:

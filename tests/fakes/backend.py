@@ -25,6 +25,7 @@ CREATED = 1700000000  # deliberately old: a skewed backend clock
 FINGERPRINT = "fp_fake"
 REFUSAL_TEXT = "I can't help with that."
 BIG_SIZE = 2_000_000
+HUGE_SIZE = 12_000_000  # more than a loopback socket's send and receive buffers hold (4 MB + 6 MB)
 BIG_PIECE = 64 * 1024
 SLOW_DELAY = 0.02
 LONG_SLEEP = 30.0
@@ -155,10 +156,11 @@ def build_plan(body: Json, state: State) -> Plan:
             choices.append(Choice(i, "tool", [], "tool_calls", len(tokenize(text)), tool_name, args))
         else:
             tokens = tokenize(text)
-            if "big" in directives:
-                tokens += ["x" * BIG_PIECE] * (BIG_SIZE // BIG_PIECE)
-                if BIG_SIZE % BIG_PIECE:
-                    tokens.append("x" * (BIG_SIZE % BIG_PIECE))
+            if "big" in directives or "huge" in directives:
+                size = HUGE_SIZE if "huge" in directives else BIG_SIZE
+                tokens += ["x" * BIG_PIECE] * (size // BIG_PIECE)
+                if size % BIG_PIECE:
+                    tokens.append("x" * (size % BIG_PIECE))
             finish = "stop"
             if limit is not None and limit < len(tokens):
                 tokens, finish = tokens[:limit], "length"

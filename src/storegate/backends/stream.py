@@ -167,6 +167,8 @@ class StreamPool:
                 )  # fmt: skip
         except TimeoutError:
             raise BackendTimeout(f"backend {self.name!r} timed out") from None
+        except ssl.SSLError as exc:
+            raise BackendFailed(f"backend {self.name!r}: the TLS handshake failed ({exc.reason})") from None
         except OSError:
             raise BackendFailed(f"backend {self.name!r} refused the connection") from None
         return conn
