@@ -1,8 +1,11 @@
 """EXPERIMENT, not shipped: what would a protocol-level pass-through for streams buy?
 
-storegate forwards a streamed chunk through aiohttp's client (its parser, a StreamReader, a wake-up of
-the handler's task on the next event-loop pass), three async generators and aiohttp's StreamWriter:
-~100 µs of CPU per chunk at 64 streams, against ~24 µs for a bare TCP relay. This prototype is
+The measurement that justified src/storegate/backends/stream.py. When it was written (commit
+00e9b7c), storegate forwarded a streamed chunk through aiohttp's client (its parser, a StreamReader,
+a wake-up of the handler's task on the next event-loop pass), three async generators and aiohttp's
+StreamWriter: ~100 µs of CPU per chunk at 64 streams, against ~24 µs for a bare TCP relay. Run
+against today's storegate, which streams the same way with timeouts, flow control and a pool, it
+shows what that care costs. This prototype is
 storegate itself (same app, middleware, checks, reassembly, durable SQLite insert before [DONE]) with
 one change for `stream: true`: the backend's response is read by a plain asyncio.Protocol with
 httptools' parser (llhttp), and each SSE event is framed and written to the client's socket from

@@ -281,6 +281,20 @@ def test_a_sink_failure_fails_the_response_and_drops_the_connection() -> None:
     run(main())
 
 
+def test_a_bug_in_the_sink_fails_the_response_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        def on_event(response: Any, data: bytes) -> None:
+            raise KeyError(data)
+
+        server, port = await serve(Script(send(HEAD + events(b"1") + END)))
+        async with server:
+            with pytest.raises(BackendFailed, match="KeyError"):
+                await exchange(pool_for(port), on_event)
+
+    run(main())
+    assert "failed on our side" in caplog.text
+
+
 def test_nothing_listening_and_line_breaks_in_headers_are_refused() -> None:
     async def main() -> None:
         server, port = await serve(Script())

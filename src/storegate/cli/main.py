@@ -105,11 +105,12 @@ def serve(settings: Settings) -> int:
 
 
 def _event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """uvloop by default. Measured: on asyncio's loop, creates serve 0-8% fewer requests and 64
-    concurrent streams wait 1.9x as long as direct for their first chunk (1.15-1.73x on uvloop;
-    bench/run 2026-11-26 06:48Z against 05:55Z, 07:09Z, 08:26Z and 09:17Z). But once the loop is saturated, uvloop answers some connections
-    far later than others: list p99 176 ms against 38 ms on asyncio's loop (bench/ab, c=64), and the
-    same on a bare aiohttp handler (p99 up to 211 ms, max 490 ms; 35 and 52 ms on asyncio's)."""
+    """uvloop by default. Measured: on asyncio's loop, creates serve 0-8% fewer requests, and 64
+    concurrent streams wait a little longer for their first chunk (bench/ttft_legs.py, 2026-11-26
+    12:10Z: +0.8 ms over direct, against +0.0 on uvloop). But once the loop is saturated, uvloop
+    answers some connections far later than others: list p99 176 ms against 38 ms on asyncio's loop
+    (bench/ab, c=64), and the same on a bare aiohttp handler (p99 up to 211 ms, max 490 ms; 35 and
+    52 ms on asyncio's)."""
     if kind == "uvloop":
         try:
             import uvloop
