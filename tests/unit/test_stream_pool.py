@@ -47,6 +47,7 @@ class Script:
     def __init__(self, *answers: Answer) -> None:
         self.answers = list(answers)
         self.connections = 0
+        self.closed = 0  # connections the client closed
         self.requests: list[bytes] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,8 +61,9 @@ class Script:
                 if await self.answers.pop(0)(writer):
                     return  # and close
             await reader.read()  # hold the connection until the client closes it
+            self.closed += 1
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            self.closed += 1
         finally:
             writer.close()
 
@@ -77,7 +79,9 @@ def pool_for(port: int, read_timeout: float = 5.0, total: float | None = None, *
                       read_timeout=read_timeout, total_timeout=total)  # fmt: skip
 
 
-async def exchange(pool: StreamPool, on_event: Callable[..., Any] | None = None) -> list[bytes]:
+async def exchange(
+    pool: StreamPool, on_event: Callable[..., Any] | None = None, grace: float = 0.0
+) -> list[bytes]:
     got: list[bytes] = []
     response = await pool.request(b'{"stream":true}', {"X-Request-Id": "req_1"})
     assert response.status == 200 and response.is_event_stream
@@ -91,7 +95,7 @@ async def exchange(pool: StreamPool, on_event: Callable[..., Any] | None = None)
     try:
         await response.done()
     finally:
-        response.close()
+        response.close(grace)
     return got
 
 
@@ -302,7 +306,7 @@ def test_nothing_listening_and_line_breaks_in_headers_are_refused() -> None:
         await server.wait_closed()
         with pytest.raises(BackendFailed, match="refused"):
             await pool_for(port).request(b"{}", {})
-        with pytest.raises(StoregateError, match="line break"):
+        with pytest.raises(StoregateError, match="control character"):
             await pool_for(port).request(b"{}", {"Authorization": "Bearer x\r\nX-Evil: 1"})
 
     run(main())
@@ -325,5 +329,99 @@ def test_https_checks_the_backend_certificate(tmp_path: Path, monkeypatch: pytes
             monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
             assert await exchange(pool_for(port, origin="https://localhost")) == [b"1"]
         assert f"Host: localhost:{port}\r\n".encode() in script.requests[0]
+
+    run(main())
+
+
+def stop_at_done(response: Any, data: bytes) -> None:
+    if data == b"[DONE]":
+        response.stop()
+
+
+def test_after_done_the_end_of_the_message_may_come_later_and_keep_the_connection() -> None:
+    async def main() -> None:
+        script = Script(send(HEAD + events(b"1", b"[DONE]"), END, pause=0.2), send(HEAD + events(b"2") + END))
+        server, port = await serve(script)
+        async with server:
+            pool = pool_for(port)
+            assert await exchange(pool, stop_at_done, grace=1.0) == [b"1", b"[DONE]"]
+            await asyncio.sleep(0.4)  # the end arrives within the grace
+            assert await exchange(pool) == [b"2"]
+            pool.close()
+        assert script.connections == 1
+
+    run(main())
+
+
+def test_a_connection_paused_when_its_message_ended_is_reused_reading() -> None:
+    async def main() -> None:
+        script = Script(send(HEAD + events(b"1", b"2") + END), send(HEAD + events(b"3") + END))
+
+        def on_event(response: Any, data: bytes) -> None:
+            if data == b"2":
+                response.pause()  # the client fell behind on the last event; nobody resumes
+
+        server, port = await serve(script)
+        async with server:
+            pool = pool_for(port, read_timeout=2)
+            assert await exchange(pool, on_event) == [b"1", b"2"]
+            assert await exchange(pool) == [b"3"]
+            pool.close()
+        assert script.connections == 1
+
+    run(main())
+
+
+def test_a_client_leaving_before_the_answer_drops_the_connection() -> None:
+    async def main() -> None:
+        script = Script(send(b""))  # never answers
+        server, port = await serve(script)
+        async with server:
+            waiting = asyncio.ensure_future(pool_for(port).request(b"{}", {}))
+            await asyncio.sleep(0.2)
+            waiting.cancel()
+            for _ in range(50):
+                if script.closed:
+                    break
+                await asyncio.sleep(0.02)
+            assert script.closed == 1
+
+    run(main())
+
+
+def test_interim_1xx_answers_are_skipped() -> None:
+    async def main() -> None:
+        early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+        script = Script(send(b"HTTP/1.1 100 Continue\r\n\r\n", early, HEAD + events(b"1") + END, pause=0.05),
+                        send(HEAD + events(b"2") + END))  # fmt: skip
+        server, port = await serve(script)
+        async with server:
+            pool = pool_for(port)
+            response = await pool.request(b"{}", {})
+            assert (response.status, response.is_event_stream) == (200, True)
+            assert "link" not in response.headers
+            got: list[bytes] = []
+            response.attach(got.append)
+            await response.done()
+            response.close()
+            assert got == [b"1"]
+            assert await exchange(pool) == [b"2"]
+            pool.close()
+        assert script.connections == 1
+
+    run(main())
+
+
+def test_a_second_answer_to_one_request_is_not_taken_and_the_connection_is_dropped() -> None:
+    async def main() -> None:
+        extra = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
+        script = Script(send(HEAD + events(b"1") + END + extra), send(HEAD + events(b"2") + END))
+        server, port = await serve(script)
+        async with server:
+            pool = pool_for(port)
+            assert await exchange(pool) == [b"1"]
+            assert await exchange(pool) == [b"2"]
+            pool.close()
+        assert script.connections == 2
 
     run(main())

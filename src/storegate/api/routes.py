@@ -48,10 +48,14 @@ class _Client:
         self._writer = request.writer
         self._chunked = response.headers.get("Transfer-Encoding") == "chunked"
 
+    @property
+    def gone(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
     def send(self, frame: bytes) -> bool:
         transport = self._transport
         if transport is None or transport.is_closing():
-            return True  # the client left; aiohttp cancels the handler, which drops the backend
+            return False  # the client left: the stream's drain sees it and ends the relay
         transport.write(b"%x\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame)
         return not self._protocol.writing_paused
 

@@ -11,6 +11,7 @@ response.
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ MAX_EVENT = 64 * 1024 * 1024
 _MAX_OTHER_BODY = 1024 * 1024  # an error or non-stream answer is read up to this much, then cut
 _IDLE_SECONDS = 60.0  # as the aiohttp client's keepalive_timeout
 _IDLE_MAX = 256  # idle connections kept per backend
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what aiohttp's client refuses in a header value
 
 
 class SSEDecoder:
@@ -107,11 +109,12 @@ class Response:
         reused only if the response also ended before `close()`."""
         self._conn.stop()
 
-    def close(self) -> None:
-        """Drop the connection unless the response ended cleanly (then it is reused). Once."""
+    def close(self, grace: float = 0.0) -> None:
+        """Drop the connection unless the response ended cleanly (then it is reused). Once. With a
+        grace, a response whose end has not come yet gets that long to end and keep its connection."""
         if not self._closed:
             self._closed = True
-            self._conn.finish()
+            self._conn.finish(grace)
 
 
 class StreamPool:
@@ -140,18 +143,23 @@ class StreamPool:
                  "Content-Type: application/json", f"Content-Length: {body_length}",
                  "Accept: text/event-stream", "Accept-Encoding: identity"]  # fmt: skip
         for name, value in headers.items():
-            if "\r" in value or "\n" in value:
-                raise BackendFailed(f"backend {self.name!r}: a header value holds a line break")
+            if _CONTROL.search(value):
+                raise BackendFailed(f"backend {self.name!r}: a header value holds a control character")
             lines.append(f"{name}: {value}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
     async def request(self, body: bytes, headers: dict[str, str]) -> Response:
         """POST `body`; returns once the response's status and headers are in."""
         message = self.head(len(body), headers) + body
+        started = asyncio.get_running_loop().time()
         conn = await self._connection()
         response = Response(conn)
-        conn.start(response, message)
-        await conn.head_in
+        conn.start(response, message, started)
+        try:
+            await conn.head_in
+        except BaseException:  # the backend failed, or the client left (cancelled) while we waited
+            response.close()
+            raise
         return response
 
     async def _connection(self) -> "_Connection":
@@ -215,6 +223,9 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._failed = False
         self._paused = False
+        self._began = False  # a response began in this exchange (1xx interim ones aside)
+        self._interim = False  # the message being parsed is a 1xx interim response
+        self._finish_pending = False  # finish() once the message ends (or the grace has passed)
         self.sink_failure: StoregateError | None = None
         self._last_read = 0.0
         self._timers: list[asyncio.TimerHandle] = []
@@ -258,8 +269,8 @@ class _Connection(asyncio.Protocol):
             self.transport = None
 
     # --- one exchange
-    def start(self, response: Response, message: bytes) -> None:
-        assert self.transport is not None
+    def start(self, response: Response, message: bytes, started: float) -> None:
+        assert self.transport is not None and not self._paused
         self._response = response
         self.head_in = self._loop.create_future()
         self.ended = self._loop.create_future()
@@ -267,13 +278,14 @@ class _Connection(asyncio.Protocol):
         self.ended.add_done_callback(_consume)
         self._events, self._other, self._other_size = None, [], 0
         self._sink, self._early = None, []
-        self._complete = self._failed = self._paused = self._keep_alive = False
+        self._complete = self._failed = self._paused = self._keep_alive = self._began = False
+        self._interim = self._finish_pending = False
         self.sink_failure = None
         self._last_read = self._loop.time()
         pool = self._pool
         self._timers = [self._loop.call_later(pool.read_timeout, self._check_read)]
         if pool.total_timeout is not None:
-            self._timers.append(self._loop.call_later(pool.total_timeout, self._timed_out))
+            self._timers.append(self._loop.call_at(started + pool.total_timeout, self._timed_out))
         self.transport.write(message)
 
     def _check_read(self) -> None:
@@ -306,8 +318,8 @@ class _Connection(asyncio.Protocol):
     def attach(self, sink: Callable[[bytes], None]) -> None:
         self._sink = sink
         early, self._early = self._early, []
-        for event in early:
-            if self._failed:
+        for event in early:  # what arrived before is delivered even if the connection broke since
+            if self.sink_failure is not None:
                 return
             self._deliver(sink, event)
 
@@ -339,10 +351,18 @@ class _Connection(asyncio.Protocol):
         if not self.ended.done():
             self.ended.set_result(None)
 
-    def finish(self) -> None:
-        """The caller is done with the response: reuse the connection if it ended cleanly."""
+    def finish(self, grace: float = 0.0) -> None:
+        """The caller is done with the response: reuse the connection if it ended cleanly. With a
+        grace, a message still under way (its [DONE] came, its end has not) gets that long to end."""
+        if grace > 0 and not self._complete and not self._failed and self.transport is not None:
+            self._finish_pending = True
+            self.resume()
+            self._timers.append(self._loop.call_later(grace, self.finish))
+            return
+        self._finish_pending = False
         self._stop_timers()
         self._response = None
+        self.resume()  # a pooled connection must read its next answer
         if self._complete and self._keep_alive and not self._failed and self.transport is not None:
             self._pool.give_back(self)
         else:
@@ -353,6 +373,10 @@ class _Connection(asyncio.Protocol):
         return b"".join(self._other)
 
     # --- httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._began:
+            raise BackendFailed(f"backend {self._pool.name!r} sent more than one response to one request")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._response is not None
         self._response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
@@ -360,7 +384,13 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         response = self._response
         assert response is not None
-        response.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # 100 Continue, 103 Early Hints: the answer follows
+            self._interim = True
+            response.headers = {}
+            return
+        self._began = True
+        response.status = status
         if response.status == 200 and response.is_event_stream:
             if response.headers.get("content-encoding", "identity").lower() != "identity":
                 raise BackendFailed(f"backend {self._pool.name!r} compressed its event stream")
@@ -387,6 +417,9 @@ class _Connection(asyncio.Protocol):
                 self._deliver(sink, event)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         if self._failed:
             return
         if self._events is not None:
@@ -404,3 +437,5 @@ class _Connection(asyncio.Protocol):
             self.head_in.set_result(None)
         if not self.ended.done():
             self.ended.set_result(None)
+        if self._finish_pending:
+            self.finish()

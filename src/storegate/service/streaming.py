@@ -22,8 +22,15 @@ log = logging.getLogger("storegate.stream")
 DONE = b"data: [DONE]\n\n"
 
 
+DONE_GRACE = 1.0  # after [DONE], how long the backend may take to end its message and keep the connection
+
+
 class Output(Protocol):
     """Where the frames go: the client's connection."""
+
+    @property
+    def gone(self) -> bool:
+        """The client has left (its connection is closing or closed)."""
 
     def send(self, frame: bytes) -> bool:
         """Write one SSE frame now; False once the client's buffer is over its limit."""
@@ -52,6 +59,7 @@ class ChatStream:
         self._backend_id: Any = None
         self._persisting: asyncio.Task[None] | None = None
         self._done = False
+        self._client_gone = False
         self._draining: asyncio.Task[None] | None = None
 
     async def relay(self, out: Output) -> bytes:
@@ -61,7 +69,10 @@ class ChatStream:
         response = self._response
 
         def on_event(data: bytes) -> None:
-            if self._done:
+            if self._done or self._client_gone:
+                return
+            if out.gone:
+                self._left()
                 return
             if data == b"[DONE]":
                 self._done = True
@@ -81,7 +92,9 @@ class ChatStream:
         finally:
             if self._draining is not None:
                 self._draining.cancel()
-            response.close()
+            response.close(DONE_GRACE if self._done and not self._client_gone else 0.0)
+        if self._client_gone:
+            raise ConnectionResetError("the client left mid-stream")
         if failure is None and not self._done:
             failure = BackendFailed(f"backend {self._call.backend.name!r} ended the stream without [DONE]")
         if failure is not None:
@@ -101,10 +114,16 @@ class ChatStream:
         try:
             await out.drain()
         except ConnectionError:
-            return  # the client left: its handler is being cancelled, which drops the backend
+            self._left()
+            return
         finally:
             self._draining = None
         self._response.resume()
+
+    def _left(self) -> None:
+        """The client left: end the relay now (the caller stores what was produced)."""
+        self._client_gone = True
+        self._response.stop()
 
     async def abandon(self) -> None:
         """The client left: drop the backend, store what was produced, marked incomplete."""
