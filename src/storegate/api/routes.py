@@ -67,7 +67,9 @@ async def _send_stream(request: web.Request, stream: ChatStream) -> web.StreamRe
     response = web.StreamResponse(headers=SSE_HEADERS)
     try:
         await response.prepare(request)
-        await response.write(b"")  # the headers go out now, before any frame
+        # aiohttp 3.14's prepare() has sent the headers already; an aiohttp that buffers them flushes
+        # them here, so they always precede the frames written straight to the socket.
+        await response.write(b"")
         last = await stream.relay(_Client(request, response))
         await response.write(last)
     except ConnectionError:  # the client left while we wrote to it
