@@ -181,6 +181,27 @@ def test_a_client_that_reads_slowly_gets_the_whole_stream(server: Storegate, cli
     assert client.chat.completions.retrieve(chunks[0]["id"]).choices[0].message.content == content
 
 
+def test_an_http_1_0_client_gets_the_stream_unchunked(server: Storegate) -> None:
+    """HTTP/1.0 has no chunked coding: the frames go out as they are and the close ends the body."""
+    body = orjson.dumps({"model": "fake-model", "messages": USER, "store": True, "stream": True})
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%b" % (len(body), body))  # fmt: skip
+        sock.settimeout(30)
+        raw = bytearray()
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, payload = bytes(raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]
+    assert b"transfer-encoding" not in head.lower()
+    events = payload.split(b"\n\n")
+    assert events[-1] == b"" and events[-2] == b"data: [DONE]"
+    chunks = [orjson.loads(e[6:]) for e in events[:-2]]
+    assert (
+        all(e.startswith(b"data: {") for e in events[:-2]) and chunks[0]["object"] == "chat.completion.chunk"
+    )
+
+
 def _dechunk(payload: bytes) -> bytes:
     out, pos = bytearray(), 0
     while True:
