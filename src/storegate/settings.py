@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -73,9 +74,10 @@ class Settings:
             backends = load_backends(Path(self.config))
             retention = load_retention(Path(self.config))
         elif self.backend_url:
-            backends = (BackendConfig(name="default", url=self.backend_url, key=self.backend_key),)
+            url = _http_url(self.backend_url, "--backend / STOREGATE_BACKEND_URL")
+            backends = (BackendConfig(name="default", url=url, key=self.backend_key),)
         else:
-            url = environ.get("OPENAI_BASE_URL") or OPENAI_URL
+            url = _http_url(environ.get("OPENAI_BASE_URL") or OPENAI_URL, "OPENAI_BASE_URL")
             backends = (BackendConfig(name="default", url=url, key=environ.get("OPENAI_API_KEY")),)
         return _replace(self, backends=backends, retention_projects=retention)
 
@@ -158,6 +160,18 @@ def load_retention(path: Path) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(projects.items()))
 
 
+def _http_url(url: str, where: str) -> str:
+    """A backend's base URL: http(s) with a host (streams connect to it themselves), no trailing /."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where} must be an http(s) URL with a host, not {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        raise ConfigError(f"{where} has an invalid port: {url!r}") from None
+    return url.rstrip("/")
+
+
 def load_backends(path: Path) -> tuple[BackendConfig, ...]:
     doc = _read(path)
     unknown_sections = set(doc) - {"backends", "retention"}
@@ -181,8 +195,9 @@ def _backend(path: Path, index: int, entry: Any) -> BackendConfig:
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     url = entry.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    if not isinstance(url, str):
         raise ConfigError(f"{where}: url must be an http(s) URL")
+    url = _http_url(url, f"{where}: url")
     key = entry.get("key")
     if "key_env" in entry:
         key = os.environ.get(str(entry["key_env"]))
@@ -198,7 +213,7 @@ def _backend(path: Path, index: int, entry: Any) -> BackendConfig:
             raise ConfigError(f"{where}: {name} must be true or false")
     return BackendConfig(
         name=str(entry.get("name") or f"backend{index}"),
-        url=url.rstrip("/"),
+        url=url,
         key=key if isinstance(key, str) and key else None,
         models=tuple(models) if models is not None else None,
         pass_store=pass_store,

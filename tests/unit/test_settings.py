@@ -55,6 +55,18 @@ def test_bad_config_is_refused(tmp_path: Path, text: str) -> None:
         from_sources({"config": str(path)}, {})
 
 
+@pytest.mark.parametrize("url", ["ftp://x", "x:8000", "http://", "http://x:port", "localhost:8000/v1"])
+def test_a_backend_url_that_is_not_http_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="http"):
+        from_sources({"backend_url": url}, {})
+    with pytest.raises(ConfigError, match="http"):
+        from_sources({}, {"OPENAI_BASE_URL": url})
+
+
+def test_a_backend_url_loses_its_trailing_slash() -> None:
+    assert from_sources({"backend_url": "http://x:8000/v1/"}, {}).backends[0].url == "http://x:8000/v1"
+
+
 @pytest.mark.parametrize("env", [{"STOREGATE_PORT": "x"}, {"STOREGATE_RETENTION_DAYS": "0"},
                                  {"STOREGATE_SQLITE_SYNCHRONOUS": "SOMETIMES"}, {"STOREGATE_EVENT_LOOP": "tokio"}])  # fmt: skip
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:

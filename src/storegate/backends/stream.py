@@ -122,9 +122,8 @@ class StreamPool:
 
     def __init__(self, name: str, url: str, *, connect_timeout: float, read_timeout: float,
                  total_timeout: float | None) -> None:  # fmt: skip
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"backend {name!r}: not an http(s) URL: {url!r}")
+        parts = urlsplit(url)  # checked by settings: http(s), with a host and a valid port
+        assert parts.hostname is not None
         self.name = name
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
