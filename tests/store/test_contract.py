@@ -1,6 +1,7 @@
 """The Store contract, one suite for every implementation: the same calls, the same answers."""
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -322,3 +323,72 @@ def test_key_epoch_moves_when_another_process_changes_keys(store_url: str) -> No
             await other.close()
 
     run(store_url, body)
+
+
+async def _settled_epoch(store: Store) -> object:
+    """The key epoch once it stopped moving (PostgreSQL's notifications arrive, not return)."""
+    epoch = store.key_epoch()
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        if store.key_epoch() == epoch:
+            return epoch
+        epoch = store.key_epoch()
+    raise AssertionError("the key epoch never settled")
+
+
+def test_key_epoch_stands_still_while_completions_and_key_uses_are_written(store_url: str) -> None:
+    """Only a key change may move `key_epoch`: completions written, updated and deleted, here or by
+    another process, and a key's last-use stamp, leave it alone, so a server under write load keeps
+    what it knows of keys instead of looking every key up again."""
+
+    async def body(store: Store) -> None:
+        other = make_store(Settings(db=store_url))
+        await other.open()
+        try:
+            key = ApiKey(id="key_00000000000000ab", project="p", prefix="sg-abcd", rpm=None, created=1,
+                         last_used=None, revoked=None)  # fmt: skip
+            await store.add_key(key, b"k" * 32)
+            before = await _settled_epoch(store)
+            assert before is not None
+            for writer in (store, other):
+                made = completion(metadata={"k": "v"})
+                await writer.insert(made)
+                await writer.update_metadata("p", made.id, {"k": "w"})
+                await writer.delete("p", made.id)
+                await writer.touch_key(key.id, 5)
+            await asyncio.sleep(0.2)  # long enough for a notification, had one been sent
+            assert store.key_epoch() == before
+            await other.revoke_key(key.id, 6)
+            for _ in range(500):
+                if store.key_epoch() != before:
+                    break
+                await asyncio.sleep(0.02)
+            assert store.key_epoch() not in (before, None), "a revocation moves it"
+        finally:
+            await other.close()
+
+    run(store_url, body)
+
+
+def test_sqlite_key_epoch_moves_on_any_change_to_api_keys(tmp_path: Path) -> None:
+    """On SQLite the epoch is a counter moved by triggers: a change made without storegate (rows
+    deleted by hand while no server runs, as the README allows) moves it too; last_used does not."""
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+
+    async def body(store: Store) -> None:
+        key = ApiKey(id="key_00000000000000cd", project="p", prefix="sg-abcd", rpm=None, created=1,
+                     last_used=None, revoked=None)  # fmt: skip
+        await store.add_key(key, b"c" * 32)
+        await asyncio.sleep(0)
+        before = store.key_epoch()
+        with sqlite3.connect(tmp_path / "k.db") as db:
+            db.execute("UPDATE api_keys SET last_used = 7")
+        await asyncio.sleep(0)
+        assert store.key_epoch() == before
+        with sqlite3.connect(tmp_path / "k.db") as db:
+            db.execute("DELETE FROM api_keys")
+        await asyncio.sleep(0)
+        assert store.key_epoch() not in (before, None)
+        assert await store.find_key(b"c" * 32) == (None, False)
+
+    run(url, body)

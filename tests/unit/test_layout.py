@@ -4,8 +4,10 @@ import ast
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
 from storegate.settings import Settings
-from storegate.store.migrate import migrations
+from storegate.store.migrate import _statements, migrations
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "storegate"
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -53,3 +55,14 @@ def test_readme_documents_every_setting() -> None:
             assert env in readme, f"README does not document {env}"
             flag = "--backend" if f.name == "backend_url" else "--" + f.name.replace("_", "-")
             assert flag in readme, f"README does not document {flag}"
+
+
+def test_migration_statements_split_where_sqlite_says_they_end() -> None:
+    sql = "-- a comment; with a semicolon\nCREATE TABLE t (n INT);\nCREATE TRIGGER g AFTER INSERT ON t\n" \
+          "BEGIN\n    UPDATE t SET n = n + 1;\n    SELECT ';';\nEND;\n"  # fmt: skip
+    assert _statements(sql) == [
+        "CREATE TABLE t (n INT);",
+        "CREATE TRIGGER g AFTER INSERT ON t\nBEGIN\n    UPDATE t SET n = n + 1;\n    SELECT ';';\nEND;",
+    ]
+    with pytest.raises(RuntimeError, match="ends inside a statement"):
+        _statements("CREATE TRIGGER g AFTER INSERT ON t BEGIN UPDATE t SET n = 1;")

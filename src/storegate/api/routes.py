@@ -20,6 +20,8 @@ def _json(body: bytes) -> web.Response:
 
 async def _body(request: web.Request) -> bytes:
     """The whole body, or 408 when the client does not send it in time (a slow or stuck upload)."""
+    if request.content.is_eof():  # all of it came with the headers (nearly always): no wait, no timer
+        return await request.read()
     try:
         async with asyncio.timeout(services(request).body_timeout):
             return await request.read()

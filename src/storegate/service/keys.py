@@ -5,9 +5,9 @@ first key is created, every request belongs to the one local project; from then 
 needs a valid key, even after every key has been revoked (revoking must never open the door).
 
 What the store said about a key is remembered for as long as the store's key epoch stays the same
-(`Store.key_epoch`: SQLite's data_version, PostgreSQL's count of key-change notifications), so a
-request costs no key lookup, and a key created or revoked by any process or replica is seen on the
-next request after the epoch moves.
+(`Store.key_epoch`: SQLite's key generation counter, PostgreSQL's count of key-change
+notifications), so a request costs no key lookup, and a key created or revoked by any process or
+replica is seen on the next request after the epoch moves.
 """
 
 import asyncio

@@ -65,5 +65,16 @@ def apply_sqlite(conn: sqlite3.Connection) -> list[int]:
 
 
 def _statements(sql: str) -> list[str]:
+    """The file's statements, one by one (a trigger's body holds `;`s: a statement ends only where
+    SQLite says it is complete)."""
     lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    statements, pending = [], ""
+    for part in "\n".join(lines).split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        raise RuntimeError(f"a migration ends inside a statement: {pending.strip()[:80]!r}")
+    return statements
