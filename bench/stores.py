@@ -249,7 +249,9 @@ def list_evidence(kind: str, urls: dict[str, str], workloads: dict[str, Workload
 
         variants = {"default": None}
         conns: dict[tuple[str, str], sqlite3.Connection] = {}
-        stmts = {lab: [list_sql(q, lambda _: "?", filters(q)) for q in qs] for lab, qs in queries.items()}
+        # as SQLiteStore runs it: the page's rows sorted here, not in SQLite (see list_sql)
+        stmts = {lab: [list_sql(q, lambda _: "?", filters(q), sorted_rows=False) for q in qs]
+                 for lab, qs in queries.items()}  # fmt: skip
         try:
             for lab, url in urls.items():
                 path = url.removeprefix("sqlite:///")
@@ -280,7 +282,7 @@ def list_evidence(kind: str, urls: dict[str, str], workloads: dict[str, Workload
                     batch = stmts[lab][(rnd * per_batch) % len(stmts[lab]) :][:per_batch]
                     for st, pa in batch:
                         t = time.perf_counter()
-                        conn.execute(st, pa).fetchall()
+                        conn.execute(st, pa).fetchall().sort(key=lambda r: r[0], reverse=True)  # order=desc
                         if rnd:
                             times[lab, var].append(time.perf_counter() - t)
             for (lab, var), ts in times.items():

@@ -47,9 +47,15 @@ def count_sql(placeholder: Callable[[int], str]) -> str:
     )
 
 
-def list_sql(q: ListQuery, placeholder: Callable[[int], str], walk: list[Filter]) -> tuple[str, list[Any]]:
+def list_sql(q: ListQuery, placeholder: Callable[[int], str], walk: list[Filter], *,
+             sorted_rows: bool = True) -> tuple[str, list[Any]]:  # fmt: skip
     """The page query (limit + 1 rows, to learn has_more): an ordered walk of the first filter's rows,
-    each probed for the other filters. `placeholder(n)` spells parameter n (1-based)."""
+    each probed for the other filters. `placeholder(n)` spells parameter n (1-based).
+
+    With a filter and `sorted_rows=False`, the rows come in no promised order and the caller sorts
+    them by id: SQLite sorts the joined rows in a temporary B-tree that copies every body into it
+    (measured: ~8 of ~125 us per page of 20 on the 10k store), where sorting 21 ids in Python is ~1 us.
+    """
     params: list[Any] = []
 
     def p(value: Any) -> str:
@@ -77,10 +83,9 @@ def list_sql(q: ListQuery, placeholder: Callable[[int], str], walk: list[Filter]
             f" AND t.name = {p(name)} AND t.value = {p(value)} AND t.id = t0.id) IS NOT NULL"
         )
     inner += _bounds(q, "t0.id", p) + f" ORDER BY t0.id {q.order.upper()} LIMIT {p(q.limit + 1)}"
-    sql = (
-        f"SELECT c.id, c.body, c.metadata FROM ({inner}) AS w JOIN completions c ON c.id = w.id"
-        f" ORDER BY c.id {q.order.upper()}"
-    )
+    sql = f"SELECT c.id, c.body, c.metadata FROM ({inner}) AS w JOIN completions c ON c.id = w.id"
+    if sorted_rows:
+        sql += f" ORDER BY c.id {q.order.upper()}"
     return sql, params
 
 

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ _WAL_KEEP_BYTES = 64 * 1024 * 1024
 _GET = "SELECT id, body, metadata FROM completions WHERE id = ? AND project = ?"
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _KEY_GENERATION = "SELECT n FROM key_generation"
+_first = itemgetter(0)
 _TAG_INSERT = "INSERT OR IGNORE INTO completion_tags VALUES (?, ?, ?, ?, ?)"
 _TAG_DELETE = (
     "DELETE FROM completion_tags WHERE project = ? AND kind = ? AND name = ? AND value = ? AND id = ?"
@@ -340,8 +342,11 @@ def _delete(conn: sqlite3.Connection, project: str, cid: str) -> bool:
 def _select(db: sqlite3.Connection, query: ListQuery, walk: list[Filter]) -> list[Any]:
     if not walk and (query.model is not None or query.metadata):
         return []  # a filter matched nothing
-    sql, params = list_sql(query, lambda _: "?", walk)
-    return db.execute(sql, params).fetchall()
+    sql, params = list_sql(query, lambda _: "?", walk, sorted_rows=not walk)
+    rows = db.execute(sql, params).fetchall()
+    if walk:
+        rows.sort(key=_first, reverse=query.order == "desc")
+    return rows
 
 
 def _rarest_first(db: sqlite3.Connection, project: str, walk: list[Filter]) -> list[Filter]:
