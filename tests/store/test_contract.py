@@ -10,12 +10,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from storegate.errors import StoreUnavailable
 from storegate.ids import IdMinter, id_floor
 from storegate.service.retention import Retention
 from storegate.settings import Settings
 from storegate.store import ApiKey, ListQuery, MessagesQuery, NewCompletion, Store
 from storegate.store.factory import make_store
-from tests.pg import PostgresServer
+from tests.pg import PostgresServer, pg_bin
 
 Body = Callable[[Store], Awaitable[None]]
 
@@ -392,3 +393,66 @@ def test_sqlite_key_epoch_moves_on_any_change_to_api_keys(tmp_path: Path) -> Non
         assert await store.find_key(b"c" * 32) == (None, False)
 
     run(url, body)
+
+
+def test_gets_asked_together_each_get_their_own_answer(store_url: str) -> None:
+    """PostgreSQL answers the gets of one pass of the event loop with one query: whatever else is in
+    the batch (the same id twice, another project's id, a missing one, more ids than one query
+    takes, a get whose caller left), each get answers exactly as it would alone."""
+
+    async def body(store: Store) -> None:
+        mine = [completion(project="p") for _ in range(5)]
+        theirs = completion(project="q")
+        for c in (*mine, theirs):
+            await store.insert(c)
+        missing = MINTER.mint()[0]
+        asks = [("p", c.id) for c in mine] + [
+            ("p", mine[0].id),
+            ("p", theirs.id),
+            ("q", theirs.id),
+            ("p", missing),
+        ]
+        asks = asks * 40  # 400 gets in one pass
+        leaver = asyncio.ensure_future(store.get("p", mine[1].id))
+        gets = [asyncio.ensure_future(store.get(project, cid)) for project, cid in asks]
+        leaver.cancel()
+        rows = await asyncio.gather(*gets)
+        for (project, cid), row in zip(asks, rows, strict=True):
+            expected = cid in {c.id for c in mine} if project == "p" else cid == theirs.id
+            assert (row is not None and row.id == cid) == expected, (project, cid)
+        assert leaver.cancelled()
+        assert (await store.get("p", mine[1].id)) is not None, "the store still answers after a caller left"
+
+    run(store_url, body)
+
+
+def test_postgres_gets_fail_as_503_while_the_database_is_down_and_recover() -> None:
+    """A batch of gets whose query fails: every get of it raises StoreUnavailable (503), none hangs;
+    once PostgreSQL is back, gets answer again."""
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed")
+    pg = PostgresServer(bin_dir).start()
+    try:
+        made = completion(project="p")
+
+        async def body(store: Store) -> None:
+            await store.insert(made)
+            assert (await store.get("p", made.id)) is not None
+            pg.halt()
+            results = await asyncio.wait_for(
+                asyncio.gather(*(store.get("p", made.id) for _ in range(50)), return_exceptions=True), 30
+            )
+            assert all(isinstance(r, StoreUnavailable) for r in results), results[:3]
+            pg.resume()
+            for _ in range(100):
+                try:
+                    row = await store.get("p", made.id)
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.1)
+            assert row is not None and row.id == made.id
+
+        run(pg.create_database(), body)
+    finally:
+        pg.stop()

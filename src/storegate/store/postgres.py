@@ -3,6 +3,7 @@ replicas on one database. Each write is one transaction; migrations run under an
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from storegate.store.migrate import migrations
 from storegate.store.pg_listen import CONNECTION_FAILURES, KeyListener
 from storegate.store.sql import COUNT_CAP, Tag, count_sql, filters, list_sql, tags
 
+log = logging.getLogger("storegate.store")
 _MIGRATION_LOCK = 0x53746F7265  # "Store": one advisory lock id for every storegate
 _INSERT = """
 WITH c AS (
@@ -28,6 +30,8 @@ WITH c AS (
 INSERT INTO messages SELECT $1, i, m FROM unnest($15::int[], $16::bytea[]) AS y(i, m)
 """
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
+_GET_MANY = "SELECT id, body, metadata, project FROM completions WHERE id = ANY($1::text[])"
+_GET_BATCH_MAX = 256  # ids in one query; more gets in one pass start another
 _COUNT = count_sql(lambda n: f"${n}")
 _TAG_INSERT = "INSERT INTO completion_tags VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
 _TAG_DELETE = (
@@ -53,6 +57,8 @@ class PostgresStore:
         # again at the back: under load some requests waited over a second (p99) while the
         # median was 17 ms. asyncio.Semaphore is FIFO, and with it no one waits in the pool.
         self._turns = asyncio.Semaphore(max_size)
+        self._gets: list[tuple[str, str, asyncio.Future[Row | None]]] | None = None  # this pass's gets
+        self._get_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def migrations_applied(self) -> list[int]:
@@ -109,13 +115,50 @@ class PostgresStore:
             )  # fmt: skip
 
     async def get(self, project: str, completion_id: str) -> Row | None:
-        async with self._conn() as conn:
-            found = await conn.fetchrow(
-                "SELECT id, body, metadata FROM completions WHERE id = $1 AND project = $2",
-                completion_id,
-                project,
-            )
-        return Row(found[0], found[1], found[2]) if found else None
+        """Every get asked during one pass of the event loop is answered by one query, sent at the
+        start of the next pass. Measured (40 gets at once, PostgreSQL on the same machine): one
+        query each cost ~150 us of this process's CPU per get (pool, protocol, wake-ups) and ~160 us
+        of wall time; one query for all 40 ~10 us and ~20 us."""
+        batch = self._gets
+        if batch is None or len(batch) >= _GET_BATCH_MAX:
+            batch = self._gets = []
+            task = asyncio.ensure_future(self._answer_gets(batch))
+            self._get_tasks.add(task)
+            task.add_done_callback(self._get_tasks.discard)
+        answer: asyncio.Future[Row | None] = asyncio.get_running_loop().create_future()
+        batch.append((project, completion_id, answer))
+        return await answer
+
+    async def _answer_gets(self, batch: list[tuple[str, str, "asyncio.Future[Row | None]"]]) -> None:
+        # A task starts on the next pass: by then every get of this one has joined the batch.
+        if self._gets is batch:
+            self._gets = None
+        try:
+            asked = [(project, cid, answer) for project, cid, answer in batch if not answer.done()]
+            if not asked:
+                return
+            try:
+                async with self._conn() as conn:
+                    rows = await conn.fetch(_GET_MANY, list({cid for _, cid, _ in asked}))
+            except StoreUnavailable as exc:
+                for _, _, answer in asked:
+                    if not answer.done():
+                        answer.set_exception(StoreUnavailable(exc.message))
+                return
+            except Exception:  # a bug: logged here, and every get of the batch answers 503 (below)
+                log.exception("answering a batch of gets failed")
+                return
+            found = {r[0]: r for r in rows}
+            for project, cid, answer in asked:
+                row = found.get(cid)
+                if not answer.done():
+                    answer.set_result(
+                        Row(row[0], row[1], row[2]) if row is not None and row[3] == project else None
+                    )
+        finally:  # cancelled (the store closing) or a bug: no get is left waiting
+            for _, _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(StoreUnavailable("the store could not answer"))
 
     async def list(self, query: ListQuery) -> Page[Row]:
         walk = filters(query, str.encode)
