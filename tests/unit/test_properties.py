@@ -4,13 +4,17 @@ splitting a completion into chunks, however the chunks fall."""
 import itertools
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storegate.errors import InvalidRequest
 from storegate.service.metadata import validate_metadata
+from storegate.service.paging import completions_page, page_body
 from storegate.service.reassembly import Reassembly
+from storegate.service.records import render
+from storegate.store import Row
 
 values = st.one_of(
     st.text(max_size=600), st.integers(), st.none(), st.booleans(), st.lists(st.text(), max_size=2)
@@ -98,3 +102,22 @@ def test_reassembly_inverts_any_chunking(case: tuple[list[dict[str, Any]], dict[
     for chunk in chunks:
         assembly.add(chunk)
     assert assembly.result("chatcmpl-x", 7, None) == expected
+
+
+bodies = st.dictionaries(
+    st.text(max_size=8).filter(lambda k: k != "metadata"), st.text(max_size=20), min_size=1, max_size=4
+)
+
+
+@given(st.lists(st.tuples(st.text(max_size=30), bodies, st.dictionaries(st.text(max_size=8), st.text(max_size=8))),
+                max_size=6), st.booleans())  # fmt: skip
+def test_a_page_of_completions_is_its_rendered_bodies_listed(
+    items: list[tuple[str, dict[str, str], dict[str, str]]], has_more: bool
+) -> None:
+    """The page built in one join is byte for byte the list of each body rendered alone."""
+    rows = [Row(cid, orjson.dumps(body), orjson.dumps(meta)) for cid, body, meta in items]
+    page = completions_page(rows, has_more)
+    assert page == page_body([(r.id, render(r.body, r.metadata)) for r in rows], has_more)
+    doc = orjson.loads(page)
+    assert [d["metadata"] for d in doc["data"]] == [meta for _, _, meta in items]
+    assert doc["has_more"] is has_more and doc["first_id"] == (items[0][0] if items else None)

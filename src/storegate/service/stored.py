@@ -11,7 +11,7 @@ from storegate.errors import InvalidRequest, not_found
 from storegate.ids import id_floor, is_completion_id, message_id, parse_message_id
 from storegate.service.call import parse_object
 from storegate.service.metadata import validate_metadata
-from storegate.service.paging import page_body, parse_paging
+from storegate.service.paging import completions_page, page_body, parse_paging
 from storegate.service.records import render
 from storegate.store import ListQuery, MessagesQuery, Store
 
@@ -40,7 +40,7 @@ class StoredCompletions:
             id_before=_bound(args, "created_before", 0),
         )
         page = await self._store.list(query)
-        return page_body([(r.id, render(r.body, r.metadata)) for r in page.items], page.has_more)
+        return completions_page(page.items, page.has_more)
 
     async def get(self, project: str, completion_id: str) -> bytes:
         row = await self._store.get(project, completion_id) if is_completion_id(completion_id) else None

@@ -5,7 +5,7 @@ format beyond the filterable columns named here.
 """
 
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
 Order = Literal["asc", "desc"]
 T = TypeVar("T")
@@ -27,9 +27,9 @@ class NewCompletion:
     messages: list[bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """A stored completion as the store hands it back: its body and its current metadata (JSON)."""
+class Row(NamedTuple):
+    """A stored completion as the store hands it back: its body and its current metadata (JSON). A
+    named tuple, not a frozen dataclass: a page makes 21 of them, at ~0.5 us each instead of ~1."""
 
     id: str
     body: bytes
