@@ -456,3 +456,54 @@ def test_postgres_gets_fail_as_503_while_the_database_is_down_and_recover() -> N
         run(pg.create_database(), body)
     finally:
         pg.stop()
+
+
+def test_lists_asked_together_answer_as_each_alone(store_url: str) -> None:
+    """PostgreSQL walks the one-filter pages of one event-loop pass in one statement: every mix of
+    orders, cursors, id bounds, limits, filters, projects and a two-filter page in the same pass
+    must page exactly as each list asked alone does."""
+
+    async def body(store: Store) -> None:
+        made = [completion(model="m1" if i % 3 else "m2", metadata={"even": str(i % 2 == 0), "i": str(i)})
+                for i in range(30)]  # fmt: skip
+        for c in made:
+            await store.insert(c)
+        other = completion(project="other", model="m1", metadata={"even": "True"})
+        await store.insert(other)
+        ids = [c.id for c in made]
+        queries = [
+            q(order=order, limit=limit, after=after, id_from=lo, id_before=hi, model=model, metadata=meta)
+            for order in ("asc", "desc")
+            for limit in (1, 4, 100)
+            for after in (None, ids[9], ids[20])
+            for lo, hi in ((None, None), (ids[5], None), (None, ids[25]), (ids[12], ids[14]))
+            for model, meta in (
+                (None, {"even": "True"}),
+                ("m1", {}),
+                (None, {"i": "7"}),
+                (None, {"even": "no"}),
+                ("m2", {"even": "False"}),
+            )
+        ] + [q(project="other", metadata={"even": "True"}), q(project="nobody", model="m1")]
+        everything = [*made, other]
+
+        def expected(query: ListQuery) -> tuple[list[str], bool]:
+            found = sorted(
+                c.id for c in everything
+                if c.project == query.project and query.model in (None, c.model, c.response_model)
+                and query.metadata.items() <= c.metadata.items()
+                and (query.after is None or (c.id > query.after if query.order == "asc" else c.id < query.after))
+                and (query.id_from is None or c.id >= query.id_from)
+                and (query.id_before is None or c.id < query.id_before)
+            )  # fmt: skip
+            found = found[::-1] if query.order == "desc" else found
+            return found[: query.limit], len(found) > query.limit
+
+        alone = [await store.list(query) for query in queries]
+        together = await asyncio.gather(*(store.list(query) for query in queries))
+        for query, one, many in zip(queries, alone, together, strict=True):
+            assert ([r.id for r in one.items], one.has_more) == expected(query), query
+            assert many.has_more == one.has_more and many.items == one.items, query
+        assert sum(len(p.items) for p in alone) > 500, "the grid pages through real rows"
+
+    run(store_url, body)

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from storegate.store.base import ListQuery
-from storegate.store.postgres import PostgresStore
+from storegate.store.postgres import _LIST_MANY, PostgresStore
 from storegate.store.sql import filters, list_sql
 from tests.pg import PostgresServer
 from tests.store.test_contract import completion
@@ -66,5 +66,46 @@ def test_generic_plans_read_a_page_not_the_store(postgres: PostgresServer, walk:
         assert "$1" in plan or "$2" in plan, "the plan must be the generic one"
         hits = int(re.search(r"Buffers: shared hit=(\d+)", plan).group(1))  # type: ignore[union-attr]
         assert hits < 600, f"a page of 20 read {hits} buffers:\n{plan}"
+
+    asyncio.run(main())
+
+
+def test_pages_asked_together_read_their_pages_not_the_store(postgres: PostgresServer) -> None:
+    """PostgreSQL answers the one-filter pages of one event-loop pass with one statement
+    (`_LIST_MANY`): under a forced generic plan, each page must still be an index walk of its tag
+    and a lookup per id, never a join that scans completions."""
+    url = postgres.create_database()
+
+    async def main() -> None:
+        store = PostgresStore(url)
+        await store.open()
+        sem = asyncio.Semaphore(16)
+
+        async def insert(i: int) -> None:
+            async with sem:
+                await store.insert(completion(model="m", metadata={"all": "1"}))
+
+        await asyncio.gather(*(insert(i) for i in range(ROWS)))
+        await store.close()
+        pages = 3
+        args = [["p"] * pages, ["k"] * pages, [b"all"] * pages, [b"1"] * pages, [""] * pages, [""] * pages,
+                ["\x7f"] * pages, [21] * pages]  # fmt: skip
+        types = ["text[]", "text[]", "bytea[]", "bytea[]", "text[]", "text[]", "text[]", "int[]"]
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("ANALYZE")
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            await conn.execute(f"PREPARE pages({', '.join(types)}) AS {_LIST_MANY['desc']}")
+            literals = ", ".join("ARRAY[" + ", ".join(_literal(v) for v in column) + f"]::{t}"
+                                 for column, t in zip(args, types, strict=True))  # fmt: skip
+            explained = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE pages({literals})")
+            plan = "\n".join(r[0] for r in explained)
+            rows = await conn.fetch(f"EXECUTE pages({literals})")
+        finally:
+            await conn.close()
+        assert len(rows) == pages * 21
+        assert "Seq Scan" not in plan and "Hash" not in plan, plan
+        hits = int(re.search(r"Buffers: shared hit=(\d+)", plan).group(1))  # type: ignore[union-attr]
+        assert hits < 300 * pages, f"{pages} pages of 21 read {hits} buffers:\n{plan}"
 
     asyncio.run(main())
