@@ -30,7 +30,9 @@ def label(n: int) -> str:
 
 
 def _build_args() -> argparse.Namespace:
-    return argparse.Namespace(rebuild=False, sqlite_chunk=1000, pg_concurrency=16, pg_load_synchronous_commit="on")
+    return argparse.Namespace(
+        rebuild=False, sqlite_chunk=1000, pg_concurrency=16, pg_load_synchronous_commit="on"
+    )
 
 
 def sqlite_copy(n: int, tmp: Path, log: Any) -> tuple[str, dict[str, Any]]:
@@ -176,7 +178,9 @@ class Workload:
             out = []
             for i in self.reads:
                 a = gen.attributes(i)
-                out.append(("GET", f"{LIST}?metadata[env]={a['env']}&after={a['id']}&order=desc&limit=20", None))
+                out.append(
+                    ("GET", f"{LIST}?metadata[env]={a['env']}&after={a['id']}&order=desc&limit=20", None)
+                )
             return out
         if scenario == "list_user":
             users = list(range(gen.USERS))
@@ -193,7 +197,9 @@ class Workload:
         """Same filterable metadata as before (lists keep their shape) plus a new key, so every update
         is a real durable write."""
         a = gen.attributes(i)
-        body = orjson.dumps({"metadata": {"user": a["user"], "env": a["env"], "batch": a["batch"], "rev": str(k)}})
+        body = orjson.dumps(
+            {"metadata": {"user": a["user"], "env": a["env"], "batch": a["batch"], "rev": str(k)}}
+        )
         return ("POST", f"{LIST}/{a['id']}", body)
 
     def probe_line(self, scenario: str) -> tuple[str, str, bytes | None]:
@@ -252,6 +258,7 @@ def list_evidence(kind: str, urls: dict[str, str], workloads: dict[str, Workload
         # as SQLiteStore runs it: the page's rows sorted here, not in SQLite (see list_sql)
         stmts = {lab: [list_sql(q, lambda _: "?", filters(q), sorted_rows=False) for q in qs]
                  for lab, qs in queries.items()}  # fmt: skip
+        desc = {lab: qs[0].order == "desc" for lab, qs in queries.items()}  # one order per workload
         try:
             for lab, url in urls.items():
                 path = url.removeprefix("sqlite:///")
@@ -282,7 +289,7 @@ def list_evidence(kind: str, urls: dict[str, str], workloads: dict[str, Workload
                     batch = stmts[lab][(rnd * per_batch) % len(stmts[lab]) :][:per_batch]
                     for st, pa in batch:
                         t = time.perf_counter()
-                        conn.execute(st, pa).fetchall().sort(key=lambda r: r[0], reverse=True)  # order=desc
+                        conn.execute(st, pa).fetchall().sort(key=lambda r: r[0], reverse=desc[lab])
                         if rnd:
                             times[lab, var].append(time.perf_counter() - t)
             for (lab, var), ts in times.items():
@@ -298,7 +305,10 @@ def list_evidence(kind: str, urls: dict[str, str], workloads: dict[str, Workload
     async def pg() -> dict[str, Any]:
         conns = {lab: await asyncpg.connect(url) for lab, url in urls.items()}
         try:
-            stmts = {lab: [list_sql(q, lambda n: f"${n}", filters(q, str.encode)) for q in qs] for lab, qs in queries.items()}
+            stmts = {
+                lab: [list_sql(q, lambda n: f"${n}", filters(q, str.encode)) for q in qs]
+                for lab, qs in queries.items()
+            }
             for lab, conn in conns.items():
                 sql, params = stmts[lab][0]
                 out[lab] = {"sql": sql, "params": [p.decode() if isinstance(p, bytes) else p for p in params]}
@@ -346,7 +356,9 @@ def list_evidence(kind: str, urls: dict[str, str], workloads: dict[str, Workload
         after flushing this backend's pending statistics."""
         await conn.execute("SELECT pg_stat_force_next_flush()")
         await conn.execute("SELECT 1")  # a transaction end: the flush happens here
-        row = await conn.fetchrow("SELECT blks_read, blks_hit FROM pg_stat_database WHERE datname = current_database()")
+        row = await conn.fetchrow(
+            "SELECT blks_read, blks_hit FROM pg_stat_database WHERE datname = current_database()"
+        )
         return {"read": int(row[0]), "hit": int(row[1])}
 
     return asyncio.run(pg())

@@ -11,11 +11,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from storegate.errors import StoreUnavailable
+from storegate.errors import StoregateError, StoreUnavailable
 
 log = logging.getLogger("storegate.store")
 K = TypeVar("K")
 V = TypeVar("V")
+Batch = list[tuple[K, asyncio.Future[V]]]
 
 
 class Batcher(Generic[K, V]):
@@ -23,43 +24,68 @@ class Batcher(Generic[K, V]):
         """`answer` gets the asks (in order) and returns one answer per ask, in the same order."""
         self._answer = answer
         self._max = max_size
-        self._open: list[tuple[K, asyncio.Future[V]]] | None = None
+        self._open: tuple[Batch[K, V], asyncio.Task[None]] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def ask(self, item: K) -> V:
-        batch = self._open
-        if batch is None or len(batch) >= self._max:
-            batch = self._open = []
+        if self._closed:
+            raise StoreUnavailable("the store is closing")
+        current = self._open
+        if current is None or len(current[0]) >= self._max or current[1].done():
+            batch: Batch[K, V] = []
             task = asyncio.ensure_future(self._run(batch))
             self._running.add(task)  # the loop keeps only a weak reference to a task
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda done: self._ended(done, batch))
+            current = self._open = (batch, task)
         answer: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        batch.append((item, answer))
+        current[0].append((item, answer))
         return await answer
 
-    async def _run(self, batch: list[tuple[K, "asyncio.Future[V]"]]) -> None:
-        if self._open is batch:
+    async def close(self) -> None:
+        """No new asks; the batches under way finish (their callers get their answers)."""
+        self._closed = True
+        if self._running:
+            await asyncio.wait(set(self._running))
+
+    def _ended(self, task: "asyncio.Task[None]", batch: Batch[K, V]) -> None:
+        """Whatever way the task ended (even cancelled before its first step), no ask is left waiting
+        and no later ask joins its batch."""
+        self._running.discard(task)
+        if self._open is not None and self._open[0] is batch:
+            self._open = None
+        _fail_unanswered(batch, StoreUnavailable("the store could not answer"))
+
+    async def _run(self, batch: Batch[K, V]) -> None:
+        if self._open is not None and self._open[0] is batch:
             self._open = None  # asks from now on start the next batch
+        asked = [(item, answer) for item, answer in batch if not answer.done()]  # a caller may have left
+        if not asked:
+            return
         try:
-            asked = [(item, answer) for item, answer in batch if not answer.done()]  # a caller may have left
-            if not asked:
-                return
-            try:
-                answers = await self._answer([item for item, _ in asked])
-            except StoreUnavailable as exc:
-                for _, answer in asked:
-                    if (
-                        not answer.done()
-                    ):  # each its own exception: one raised in many tasks grows one traceback
-                        answer.set_exception(StoreUnavailable(exc.message))
-                return
-            except Exception:  # a bug: logged here; every ask of the batch answers 503 (below)
-                log.exception("answering a batch failed")
-                return
-            for (_, answer), value in zip(asked, answers, strict=True):
-                if not answer.done():
-                    answer.set_result(value)
-        finally:  # cancelled (the store closing) or failed: no ask is left waiting
-            for _, answer in batch:
-                if not answer.done():
-                    answer.set_exception(StoreUnavailable("the store could not answer"))
+            answers = await self._answer([item for item, _ in asked])
+        except StoreUnavailable as exc:
+            _fail_unanswered(asked, exc)
+            return
+        except Exception:  # a bug: logged here; every ask of the batch answers 503 (in _ended)
+            log.exception("answering a batch failed")
+            return
+        for (_, answer), value in zip(asked, answers, strict=True):
+            if not answer.done():
+                answer.set_result(value)
+
+
+def _fail_unanswered(batch: "list[tuple[K, asyncio.Future[V]]]", exc: StoregateError) -> None:
+    for _, answer in batch:
+        if not answer.done():
+            answer.set_exception(_copy(exc))
+
+
+def _copy(exc: StoregateError) -> StoregateError:
+    """The same error for each caller, each its own instance (one raised in many tasks would grow
+    one traceback), of the same class, with the same headers (Retry-After)."""
+    fresh = exc.__class__.__new__(exc.__class__)
+    fresh.__dict__.update(exc.__dict__)
+    fresh.args = exc.args
+    fresh.headers = dict(exc.headers)
+    return fresh

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -31,6 +32,7 @@ INSERT INTO messages SELECT $1, i, m FROM unnest($15::int[], $16::bytea[]) AS y(
 """
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _GET_MANY = "SELECT id, body, metadata, project FROM completions WHERE id = ANY($1::text[])"
+_id = itemgetter(0)
 _Queries = list[ListQuery]  # (`list` in the class below is the method)
 _Pages = list[Page[Row]]
 _ABOVE_EVERY_ID = "\x7f"  # ids are printable ASCII: under the "C" collation every id sorts below DEL
@@ -114,6 +116,9 @@ class PostgresStore:
         await self._key_changes.start()
 
     async def close(self) -> None:
+        await self._gets.close()  # asks under way get their answers; later ones 503
+        for batcher in self._lists.values():
+            await batcher.close()
         await self._key_changes.stop()
         if self._pool is not None:
             await self._pool.close()
@@ -195,7 +200,7 @@ class PostgresStore:
             pages[r[0] - 1].append(Row(r[1], r[2], r[3]))
         out = []
         for q, page in zip(queries, pages, strict=True):
-            page.sort(reverse=q.order == "desc")  # by id: rows are (id, body, metadata) tuples
+            page.sort(key=_id, reverse=q.order == "desc")
             out.append(Page(page[: q.limit], len(page) > q.limit))
         return out
 

@@ -27,6 +27,13 @@ _GET = "SELECT id, body, metadata FROM completions WHERE id = ? AND project = ?"
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _KEY_GENERATION = "SELECT n FROM key_generation"
 _first = itemgetter(0)
+# What moves the key generation (migration 0003). A migration that rebuilds api_keys drops them with
+# it: without all three, key_epoch says it cannot tell, and keys are looked up on every request.
+KEY_TRIGGERS = ("api_keys_insert", "api_keys_update", "api_keys_delete")
+_KEY_TRIGGERS = (
+    "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'api_keys'"
+    f" AND name IN {KEY_TRIGGERS!r}"
+)
 _TAG_INSERT = "INSERT OR IGNORE INTO completion_tags VALUES (?, ?, ?, ?, ?)"
 _TAG_DELETE = (
     "DELETE FROM completion_tags WHERE project = ? AND kind = ? AND name = ? AND value = ? AND id = ?"
@@ -47,6 +54,7 @@ class SQLiteStore:
         self._applied: list[int] = []
         self._epoch: int | None = None
         self._in_pass = False  # the reader is inside this event-loop pass's read transaction
+        self._key_triggers = False  # the key generation counter moves on key changes (checked at open)
 
     @property
     def migrations_applied(self) -> list[int]:
@@ -79,6 +87,9 @@ class SQLiteStore:
                 conn.close()
             self._reader = self._connect()
             self._reader.execute("PRAGMA query_only = 1")
+            self._key_triggers = self._reader.execute(_KEY_TRIGGERS).fetchone()[0] == len(KEY_TRIGGERS)
+            if not self._key_triggers:
+                log.warning("the triggers on api_keys are missing: every request will look its key up")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self._path}: {exc}") from exc
         self._writer.start(asyncio.get_running_loop())
@@ -200,9 +211,12 @@ class SQLiteStore:
         epoch is never older than it."""
         if self._epoch is None and self._reader is not None:
             try:
-                self._epoch = self._reader.execute(_KEY_GENERATION).fetchone()[0]
+                row = self._reader.execute(_KEY_GENERATION).fetchone() if self._key_triggers else None
             except sqlite3.Error:
                 return None
+            if row is None:  # no counter, or one nothing moves: remember nothing, look keys up always
+                return None
+            self._epoch = row[0]
             if not self._in_pass:
                 asyncio.get_running_loop().call_soon(self._forget_epoch)
         return self._epoch

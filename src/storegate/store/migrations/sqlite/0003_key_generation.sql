@@ -4,7 +4,8 @@
 CREATE TABLE key_generation (
     n INTEGER NOT NULL
 );
-INSERT INTO key_generation (n) VALUES (0);
+-- Seeded at random: a different database put in this one's place shows a different value.
+INSERT INTO key_generation (n) VALUES (abs(random() % 1000000000000));
 CREATE TRIGGER api_keys_insert AFTER INSERT ON api_keys
 BEGIN
     UPDATE key_generation SET n = n + 1;
