@@ -147,6 +147,15 @@ def test_messages_page_both_ways(store_url: str) -> None:
         assert page is not None and [i for i, _ in page.items] == [2, 1, 0]
         assert page.items[0][1] == orjson.dumps({"i": 2})
         assert await store.list_messages(MessagesQuery("other", c.id, None, 2, "asc")) is None
+        assert await store.list_messages(MessagesQuery("p", MINTER.mint()[0], None, 2, "asc")) is None
+        past_end = [MessagesQuery("p", c.id, 4, 2, "asc"), MessagesQuery("p", c.id, 0, 2, "desc")]
+        for query in past_end:  # a page past the end, and a completion without messages: empty, not None
+            end = await store.list_messages(query)
+            assert end is not None and end.items == [] and not end.has_more
+        bare = completion(messages=0)
+        await store.insert(bare)
+        empty = await store.list_messages(MessagesQuery("p", bare.id, None, 2, "desc"))
+        assert empty is not None and empty.items == [] and not empty.has_more
 
     run(store_url, body)
 

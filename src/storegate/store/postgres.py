@@ -33,6 +33,12 @@ INSERT INTO messages SELECT $1, i, m FROM unnest($15::int[], $16::bytea[]) AS y(
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _GET_MANY = "SELECT id, body, metadata, project FROM completions WHERE id = ANY($1::text[])"
 _id = itemgetter(0)
+_MESSAGES = {
+    order: "SELECT m.idx, m.item FROM completions c LEFT JOIN LATERAL (SELECT idx, item FROM messages"
+    f" WHERE completion_id = c.id AND idx {'>' if order == 'asc' else '<'} $3 ORDER BY idx {order.upper()}"
+    " LIMIT $4) m ON true WHERE c.id = $1 AND c.project = $2"
+    for order in ("asc", "desc")
+}
 _Queries = list[ListQuery]  # (`list` in the class below is the method)
 _Pages = list[Page[Row]]
 _ABOVE_EVERY_ID = "\x7f"  # ids are printable ASCII: under the "C" collation every id sorts below DEL
@@ -276,23 +282,21 @@ class PostgresStore:
         return self._key_changes.epoch
 
     async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
-        cmp = ">" if query.order == "asc" else "<"
+        """One round trip: the completion (no row: not found, None) and its page of messages (a row of
+        nulls: none). Two queries cost a second round trip, ~100-200 us on one machine."""
         after = (
             query.after_index
             if query.after_index is not None
             else (-1 if query.order == "asc" else 2**31 - 1)
         )
         async with self._conn() as conn:
-            if not await conn.fetchval(
-                "SELECT 1 FROM completions WHERE id = $1 AND project = $2", query.completion_id, query.project
-            ):
-                return None
-            rows = await conn.fetch(
-                f"SELECT idx, item FROM messages WHERE completion_id = $1 AND idx {cmp} $2"
-                f" ORDER BY idx {query.order.upper()} LIMIT $3",
-                query.completion_id, after, query.limit + 1,
-            )  # fmt: skip
-        return Page([(r[0], r[1]) for r in rows[: query.limit]], len(rows) > query.limit)
+            rows = await conn.fetch(_MESSAGES[query.order], query.completion_id, query.project, after,
+                                    query.limit + 1)  # fmt: skip
+        if not rows:
+            return None
+        items = [(r[0], r[1]) for r in rows if r[0] is not None]
+        items.sort(key=_id, reverse=query.order == "desc")
+        return Page(items[: query.limit], len(items) > query.limit)
 
 
 async def _keep_session(conn: "asyncpg.Connection[asyncpg.Record]") -> None:
