@@ -1,5 +1,7 @@
 """Ids: OpenAI's shape, strictly increasing within a process, `created` from the same reading."""
 
+import os
+import re
 import time
 from collections import Counter
 
@@ -58,3 +60,24 @@ def test_random_digits_cover_the_alphabet_evenly() -> None:
     # ~6,129 per digit, sd ~78. Mapping every byte (b % 62, no rejection) would make the first eight
     # digits 25% more likely: ~1,500 apart; a uniform draw stays within ~600 (beyond that: < 1e-9).
     assert max(counts.values()) - min(counts.values()) < 900
+
+
+def test_request_ids_are_openai_shaped_and_never_repeat_across_refills() -> None:
+    seen = {idmod.request_id() for _ in range(5000)}  # 80,000 random bytes: many 4 KiB refills
+    assert len(seen) == 5000
+    assert all(re.fullmatch(r"req_[0-9a-f]{32}", rid) for rid in seen)
+
+
+def test_random_bytes_are_fresh_after_a_fork() -> None:
+    """A forked child must not replay its parent's buffered bytes (they would give both the same ids)."""
+    idmod.random_bytes(1)  # the parent holds a buffer
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it draws next, then leave at once
+        os.write(write, idmod.random_bytes(16))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 16 and child != idmod.random_bytes(16)

@@ -3,7 +3,6 @@ log line per request (method, path, status, duration: never headers or bodies, s
 
 import asyncio
 import logging
-import secrets
 import time
 
 import orjson
@@ -20,6 +19,7 @@ from storegate.errors import (
     StoregateError,
     envelope,
 )
+from storegate.ids import request_id
 
 log = logging.getLogger("storegate.http")
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
@@ -48,7 +48,7 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> StoregateError:
 
 @web.middleware
 async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request["request_id"] = "req_" + secrets.token_hex(16)
+    request["request_id"] = request_id()
     started = time.perf_counter()
     status = 500
     try:
@@ -89,4 +89,4 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["x-request-id"] = request.get("request_id") or "req_" + secrets.token_hex(16)
+    response.headers["x-request-id"] = request.get("request_id") or request_id()
