@@ -63,6 +63,8 @@ _random_lock = threading.Lock()  # two threads must never take the same bytes
 
 def random_bytes(count: int) -> bytes:
     global _random
+    if count <= 0:
+        return b""
     with _random_lock:
         if len(_random) < count:
             _random = bytearray(os.urandom(max(count, _RANDOM_CHUNK)))

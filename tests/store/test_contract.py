@@ -149,7 +149,7 @@ def test_messages_page_both_ways(store_url: str) -> None:
         assert await store.list_messages(MessagesQuery("other", c.id, None, 2, "asc")) is None
         assert await store.list_messages(MessagesQuery("p", MINTER.mint()[0], None, 2, "asc")) is None
         past_end = [MessagesQuery("p", c.id, 4, 2, "asc"), MessagesQuery("p", c.id, 0, 2, "desc")]
-        for query in past_end:  # a page past the end, and a completion without messages: empty, not None
+        for query in past_end:  # a page past the end is empty, not None (nor is one without messages)
             end = await store.list_messages(query)
             assert end is not None and end.items == [] and not end.has_more
         bare = completion(messages=0)

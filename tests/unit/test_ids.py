@@ -63,6 +63,7 @@ def test_random_digits_cover_the_alphabet_evenly() -> None:
 
 
 def test_request_ids_are_openai_shaped_and_never_repeat_across_refills() -> None:
+    assert idmod.random_bytes(0) == b""
     seen = {idmod.request_id() for _ in range(5000)}  # 80,000 random bytes: many 4 KiB refills
     assert len(seen) == 5000
     assert all(re.fullmatch(r"req_[0-9a-f]{32}", rid) for rid in seen)
@@ -70,12 +71,15 @@ def test_request_ids_are_openai_shaped_and_never_repeat_across_refills() -> None
 
 def test_random_bytes_are_fresh_after_a_fork() -> None:
     """A forked child must not replay its parent's buffered bytes (they would give both the same ids)."""
-    idmod.random_bytes(1)  # the parent holds a buffer
+    idmod._forget_random()
+    idmod.random_bytes(1)  # the parent holds a full buffer: a child that kept it would draw the same
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: report what it draws next, then leave at once
-        os.write(write, idmod.random_bytes(16))
-        os._exit(0)
+    if pid == 0:  # the child: report what it draws next, then leave at once, whatever happens
+        try:
+            os.write(write, idmod.random_bytes(16))
+        finally:
+            os._exit(0)
     os.close(write)
     child = os.read(read, 16)
     os.close(read)
