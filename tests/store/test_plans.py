@@ -32,22 +32,27 @@ def _type(value: object) -> str:
     return "bytea" if isinstance(value, bytes) else "int" if isinstance(value, int) else "text"
 
 
+async def _stored(url: str) -> None:
+    """ROWS completions of model m, every one tagged all=1, one in RARE_EVERY tagged rare=yes."""
+    store = PostgresStore(url)
+    await store.open()
+    sem = asyncio.Semaphore(16)
+
+    async def insert(i: int) -> None:
+        async with sem:
+            rare = "yes" if i % RARE_EVERY == 0 else "no"
+            await store.insert(completion(model="m", metadata={"all": "1", "rare": rare}))
+
+    await asyncio.gather(*(insert(i) for i in range(ROWS)))
+    await store.close()
+
+
 @pytest.mark.parametrize("walk", ["rare", "rare+common", "model+rare"])
 def test_generic_plans_read_a_page_not_the_store(postgres: PostgresServer, walk: str) -> None:
     url = postgres.create_database()
 
     async def main() -> None:
-        store = PostgresStore(url)
-        await store.open()
-        sem = asyncio.Semaphore(16)
-
-        async def insert(i: int) -> None:
-            async with sem:
-                rare = "yes" if i % RARE_EVERY == 0 else "no"
-                await store.insert(completion(model="m", metadata={"all": "1", "rare": rare}))
-
-        await asyncio.gather(*(insert(i) for i in range(ROWS)))
-        await store.close()
+        await _stored(url)
         metadata = {"rare": "yes"} | ({"all": "1"} if "common" in walk else {})
         query = ListQuery(project="p", model="m" if "model" in walk else None, metadata=metadata,
                           after=None, limit=20, order="desc")  # fmt: skip
@@ -78,16 +83,7 @@ def test_pages_asked_together_read_their_pages_not_the_store(postgres: PostgresS
     url = postgres.create_database()
 
     async def main() -> None:
-        store = PostgresStore(url)
-        await store.open()
-        sem = asyncio.Semaphore(16)
-
-        async def insert(i: int) -> None:
-            async with sem:
-                await store.insert(completion(model="m", metadata={"all": "1"}))
-
-        await asyncio.gather(*(insert(i) for i in range(ROWS)))
-        await store.close()
+        await _stored(url)
         pages = 3
         args = [["p"] * pages, ["k"] * pages, [b"all"] * pages, [b"1"] * pages, [""] * pages, [""] * pages,
                 ["\x7f"] * pages, [21] * pages]  # fmt: skip
