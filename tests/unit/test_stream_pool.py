@@ -103,53 +103,47 @@ def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
 
 
-def test_events_arrive_and_a_kept_alive_connection_is_reused() -> None:
-    async def main() -> None:
-        script = Script(send(HEAD + events(b"1", b"2"), events(b"[DONE]") + END),
-                        send(HEAD + events(b"3") + END))  # fmt: skip
+def two_in_a_row(script: Script, first: list[bytes], second: list[bytes], *, connections: int,
+                 on_event: Callable[..., Any] | None = None, grace: float = 0.0, between: float = 0.0,
+                 read_timeout: float = 5.0) -> int:  # fmt: skip
+    """Two exchanges through one pool, `between` seconds apart; checks both streams' events and how
+    many connections the backend saw. Returns the backend's port."""
+
+    async def main() -> int:
         server, port = await serve(script)
         async with server:
-            pool = pool_for(port)
-            assert await exchange(pool) == [b"1", b"2", b"[DONE]"]
-            assert await exchange(pool) == [b"3"]
+            pool = pool_for(port, read_timeout=read_timeout)
+            assert await exchange(pool, on_event, grace) == first
+            if between:
+                await asyncio.sleep(between)
+            assert await exchange(pool) == second
             pool.close()
-        assert script.connections == 1
-        first = script.requests[0]
-        assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
-        assert f"Host: 127.0.0.1:{port}\r\n".encode() in first and b"X-Request-Id: req_1\r\n" in first
-        assert first.endswith(b'\r\n\r\n{"stream":true}')
+        assert script.connections == connections
+        return port
 
-    run(main())
+    result: int = run(main())
+    return result
+
+
+def test_events_arrive_and_a_kept_alive_connection_is_reused() -> None:
+    script = Script(send(HEAD + events(b"1", b"2"), events(b"[DONE]") + END), send(HEAD + events(b"3") + END))
+    port = two_in_a_row(script, [b"1", b"2", b"[DONE]"], [b"3"], connections=1)
+    first = script.requests[0]
+    assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{port}\r\n".encode() in first and b"X-Request-Id: req_1\r\n" in first
+    assert first.endswith(b'\r\n\r\n{"stream":true}')
 
 
 def test_a_connection_the_backend_will_close_is_not_reused() -> None:
-    async def main() -> None:
-        closing = HEAD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
-        script = Script(send(closing + events(b"1") + END, close=True), send(HEAD + events(b"2") + END))
-        server, port = await serve(script)
-        async with server:
-            pool = pool_for(port)
-            assert await exchange(pool) == [b"1"]
-            assert await exchange(pool) == [b"2"]
-            pool.close()
-        assert script.connections == 2
-
-    run(main())
+    closing = HEAD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    script = Script(send(closing + events(b"1") + END, close=True), send(HEAD + events(b"2") + END))
+    two_in_a_row(script, [b"1"], [b"2"], connections=2)
 
 
 def test_an_idle_connection_closed_by_the_backend_is_replaced() -> None:
-    async def main() -> None:
-        script = Script(send(HEAD + events(b"1") + END, close=True), send(HEAD + events(b"2") + END))
-        server, port = await serve(script)
-        async with server:
-            pool = pool_for(port)
-            assert await exchange(pool) == [b"1"]
-            await asyncio.sleep(0.1)  # the close reaches us while the connection is idle
-            assert await exchange(pool) == [b"2"]
-            pool.close()
-        assert script.connections == 2
-
-    run(main())
+    script = Script(send(HEAD + events(b"1") + END, close=True), send(HEAD + events(b"2") + END))
+    # the close reaches us while the connection is idle, between the two
+    two_in_a_row(script, [b"1"], [b"2"], connections=2, between=0.1)
 
 
 def test_a_body_ended_by_the_close_delivers_every_event() -> None:
@@ -339,37 +333,19 @@ def stop_at_done(response: Any, data: bytes) -> None:
 
 
 def test_after_done_the_end_of_the_message_may_come_later_and_keep_the_connection() -> None:
-    async def main() -> None:
-        script = Script(send(HEAD + events(b"1", b"[DONE]"), END, pause=0.2), send(HEAD + events(b"2") + END))
-        server, port = await serve(script)
-        async with server:
-            pool = pool_for(port)
-            assert await exchange(pool, stop_at_done, grace=1.0) == [b"1", b"[DONE]"]
-            await asyncio.sleep(0.4)  # the end arrives within the grace
-            assert await exchange(pool) == [b"2"]
-            pool.close()
-        assert script.connections == 1
-
-    run(main())
+    script = Script(send(HEAD + events(b"1", b"[DONE]"), END, pause=0.2), send(HEAD + events(b"2") + END))
+    # the end arrives 0.2 s after [DONE], within the grace, before the second exchange
+    two_in_a_row(script, [b"1", b"[DONE]"], [b"2"], connections=1, on_event=stop_at_done, grace=1.0,
+                 between=0.4)  # fmt: skip
 
 
 def test_a_connection_paused_when_its_message_ended_is_reused_reading() -> None:
-    async def main() -> None:
-        script = Script(send(HEAD + events(b"1", b"2") + END), send(HEAD + events(b"3") + END))
+    def on_event(response: Any, data: bytes) -> None:
+        if data == b"2":
+            response.pause()  # the client fell behind on the last event; nobody resumes
 
-        def on_event(response: Any, data: bytes) -> None:
-            if data == b"2":
-                response.pause()  # the client fell behind on the last event; nobody resumes
-
-        server, port = await serve(script)
-        async with server:
-            pool = pool_for(port, read_timeout=2)
-            assert await exchange(pool, on_event) == [b"1", b"2"]
-            assert await exchange(pool) == [b"3"]
-            pool.close()
-        assert script.connections == 1
-
-    run(main())
+    script = Script(send(HEAD + events(b"1", b"2") + END), send(HEAD + events(b"3") + END))
+    two_in_a_row(script, [b"1", b"2"], [b"3"], connections=1, on_event=on_event, read_timeout=2)
 
 
 def test_a_client_leaving_before_the_answer_drops_the_connection() -> None:
@@ -413,15 +389,6 @@ def test_interim_1xx_answers_are_skipped() -> None:
 
 
 def test_a_second_answer_to_one_request_is_not_taken_and_the_connection_is_dropped() -> None:
-    async def main() -> None:
-        extra = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
-        script = Script(send(HEAD + events(b"1") + END + extra), send(HEAD + events(b"2") + END))
-        server, port = await serve(script)
-        async with server:
-            pool = pool_for(port)
-            assert await exchange(pool) == [b"1"]
-            assert await exchange(pool) == [b"2"]
-            pool.close()
-        assert script.connections == 2
-
-    run(main())
+    extra = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
+    script = Script(send(HEAD + events(b"1") + END + extra), send(HEAD + events(b"2") + END))
+    two_in_a_row(script, [b"1"], [b"2"], connections=2)
