@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,6 +189,17 @@ def wait_http(port: int, path: str, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"nothing answers GET {path} on port {port} after {timeout}s")
         time.sleep(0.2)
+
+
+def start_servers(servers: Sequence[Server], *healthz_ports: int) -> None:
+    """Start every server at once, then wait for each to listen, and for GET /healthz to answer on
+    each of `healthz_ports` (storegate answers it once its store is open)."""
+    for s in servers:
+        s.start()
+    for s in servers:
+        s.wait_ready()
+    for port in healthz_ports:
+        wait_http(port, "/healthz", 30)
 
 
 def rss_kb(pid: int) -> int | None:
@@ -767,10 +778,7 @@ def soak(cfg: Config, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"store": info | {"url": url}, "conns": cfg.soak_conns, "seconds": cfg.soak_s,
                            "window_s": cfg.soak_window_s, "mix": "1/2 create store=true, 1/4 list, 1/4 retrieve"}  # fmt: skip
     try:
-        for s in (fake, sg):
-            s.start()
-        for s in (fake, sg):
-            s.wait_ready()
+        start_servers([fake, sg])
         assert sg.proc is not None
         pid = sg.proc.pid
         cpu = {"storegate-soak": lambda: group_cpu_seconds([pid])[pid]}

@@ -241,12 +241,7 @@ def measure(rounds: int, seconds: float) -> int:
 
     rows: list[dict[str, Any]] = []
     try:
-        for server in servers:
-            server.start()
-        for server in servers:
-            server.wait_ready()
-        harness.wait_http(sg.port, "/healthz", 30)
-        harness.wait_http(proto_port, "/healthz", 30)
+        harness.start_servers(servers, sg.port, proto_port)
         targets = [("storegate", sg.port, sg.pgid), ("prototype", proto_port, proto.pgid)]
         for _, port, pid in targets:
             run(port, pid, 8, 1.5)

@@ -132,11 +132,7 @@ def main() -> int:
     body = tmp / "body.json"
     body.write_bytes(harness.chat_body(True, 3, stream=True))
     try:
-        for server in (fake, sg):
-            server.start()
-        for server in (fake, sg):
-            server.wait_ready()
-        harness.wait_http(port, "/healthz", 30)
+        harness.start_servers([fake, sg], port)
         argv = [harness.PY, str(HERE / "sse_client.py"), f"http://{harness.HOST}:{port}/v1/chat/completions",
                 str(body), "1", str(args.seconds), str(harness.CHUNKS)]  # fmt: skip
         out = subprocess.run(argv, capture_output=True, text=True, timeout=args.seconds + 60, check=False)

@@ -70,11 +70,7 @@ def main() -> int:
     body.write_bytes(harness.chat_body(True, 3, stream=True))
     runs: list[dict[str, Any]] = []
     try:
-        for server in servers:
-            server.start()
-        for server in servers:
-            server.wait_ready()
-        harness.wait_http(sg.port, "/healthz", 30)
+        harness.start_servers(servers, sg.port)
         targets = [("direct", fake_port), ("relay", relay.port), ("storegate", sg.port)]
         for _, port in targets:  # warm every path once
             run(port, body, 8, 1.5)
