@@ -245,6 +245,7 @@ class Scenario:
     ready_timeout: dict[str, float] = field(default_factory=dict)
     evaluate: Callable[[Scenario, list[dict[str, Any]]], list[dict[str, Any]]] | None = None
     workloads: dict[str, Any] = field(default_factory=dict)  # stored scenarios: size label -> Workload
+    files: dict[str, Path] = field(default_factory=dict)  # server -> its store file (OS cache % per run)
 
 
 def _is_sse(t: Target) -> bool:
@@ -298,7 +299,12 @@ def run_scenario(sc: Scenario, cfg: Config, tmp: Path) -> dict[str, Any]:
                 pool = [t for t in sc.targets if conns in t.conns]
                 shift = rnd % len(pool) if pool else 0
                 for t in pool[shift:] + pool[:shift]:
+                    store_file = sc.files.get(t.server)
+                    if store_file is not None:  # read into the OS's page cache again (see stores.warm)
+                        stores.warm(store_file)
                     rec = _one(t, ports[t.server], files.get(t.name), conns, None, cfg, cpu, quiet, tmp)
+                    if store_file is not None:
+                        rec["store_cached_pct"] = stores.cached_pct(store_file)  # at the end of the run
                     rec.update(round=rnd, target=t.name, conns=conns, server=t.server, group=t.group)
                     runs.append(rec)
                     log(f"{sc.key} r{rnd} c{conns} {t.name}: {_brief(rec)}")
@@ -490,6 +496,9 @@ def summarise(sc: Scenario, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row["p99_ms"] = med([_metric(r, "p99_ms") for r in mine])  # type: ignore[misc]
                 row["requests"] = sum(int(r["requests"]) for r in mine)
                 row["bytes_per_resp"] = round(sum(r["bytes"] for r in mine) / max(1, row["requests"]))
+            cached = [r["store_cached_pct"] for r in mine if r.get("store_cached_pct") is not None]
+            if cached:
+                row["store_cached_pct_min"] = min(cached)
             rows.append(row)
     return rows
 
@@ -692,12 +701,14 @@ def stored_scenario(kind: str, cfg: Config, tmp: Path, pg: stores.Postgres | Non
     targets: list[Target] = []
     extra: dict[str, Any] = {"stores": {}}
     sc_workloads: dict[str, stores.Workload] = {}
+    files: dict[str, Path] = {}
     # ids each write scenario consumes: the counted responses plus what was in flight at the stop
     writes_each = cfg.rounds * (cfg.writes64 + 64 + 1 + cfg.writes1 + 1 + 1) + 10
     for n in cfg.sizes:
         lab = stores.label(n)
         if kind == "sqlite":
             url, info = stores.sqlite_copy(n, tmp, log)
+            files[f"storegate-{kind}-{lab}"] = Path(info["path"])
         else:
             assert pg is not None
             url, info = pg.copy(n)
@@ -721,6 +732,7 @@ def stored_scenario(kind: str, cfg: Config, tmp: Path, pg: stores.Postgres | Non
     sc.evaluate = lambda s, runs: evaluate_stored(s, runs, kind, cfg)
     sc.extra["scenarios"] = stores.SCENARIOS
     sc.workloads = sc_workloads
+    sc.files = files
     return sc
 
 

@@ -267,8 +267,8 @@ def _stored_table(sc: dict[str, Any]) -> list[str]:
         out.append(f"- **{lab}**: a working copy of {src}, built {info.get('built_at')}; copied in {info.get('copy_s')} s.")
     out += ["", "Scenarios: " + "; ".join(f"**{k}** = {v}" for k, v in extra.get("scenarios", {}).items()) + ".",
             "Ratios are against GET /healthz on the same server in the same round.", "",
-            "| store | scenario | conns | req/s | ratio vs healthz | p50 ms | p99 ms | bytes/resp | server CPU µs/req | PG CPU µs/req | wrk CPU % | others CPU % | errors |",
-            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+            "| store | scenario | conns | req/s | ratio vs healthz | p50 ms | p99 ms | bytes/resp | server CPU µs/req | PG CPU µs/req | wrk CPU % | others CPU % | store file in the OS cache at a run's end, lowest % | errors |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     runs = sc["runs"]
     for r in sorted(sc["summary"], key=lambda r: (r["group"], -r["conns"])):
         pg = [x["server_cpu_us_per_req"].get("postgres") for x in runs if x["target"] == r["target"] and x["conns"] == r["conns"]]
@@ -276,7 +276,8 @@ def _stored_table(sc: dict[str, Any]) -> list[str]:
         pg_s = _n(sorted(pg)[len(pg) // 2]) if pg else ""
         out.append(f"| {r['group']} | {r['target'].split('@')[0]} | {r['conns']} | {_n(r['rps'])} | {_r(r['rps_ratio'])} | "
                    f"{_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {_n(r.get('bytes_per_resp'))} | {_n(r['server_cpu_us_per_req'])} | "
-                   f"{pg_s} | {_f(r['client_cpu_pct'], 0)} | {_f(r['foreign_cpu_pct'], 0)} | {r['errors']} |")  # fmt: skip
+                   f"{pg_s} | {_f(r['client_cpu_pct'], 0)} | {_f(r['foreign_cpu_pct'], 0)} | "
+                   f"{_f(r.get('store_cached_pct_min'), 1)} | {r['errors']} |")  # fmt: skip
     return out + _list_evidence(sc)
 
 
