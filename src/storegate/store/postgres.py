@@ -44,19 +44,27 @@ _Pages = list[Page[Row]]
 _ABOVE_EVERY_ID = "\x7f"  # ids are printable ASCII: under the "C" collation every id sorts below DEL
 # Pages of one filter each, one row of the unnest per page: its tag walk (an index scan with the
 # page's limit) and each id's completion (OFFSET 0 keeps it a lookup per id: never a join the
-# planner could turn into a scan of completions). `i` says which page a row belongs to.
+# planner could turn into a scan of completions). `i` says which page a row is.
+# Each page comes back as one row of three arrays (ids, bodies, metadata; one aggregate step per
+# joined row feeds all three, so they stay aligned; null for an empty page), not as a row per
+# completion. Measured (1M store, batches of 16 pages, 4 x 250 batches alternating): ~80-130 us of
+# this process's CPU per page against ~130-170 as rows (asyncpg makes one record per page, not 21),
+# and PostgreSQL's about the same or a little less.
 _LIST_MANY = {
     order: f"""
-SELECT q.i, w.id, c.body, c.metadata
+SELECT q.i, a.ids, a.bodies, a.metadata
 FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int[])
      WITH ORDINALITY AS q(project, kind, name, value, gt, ge, lt, lim, i)
 CROSS JOIN LATERAL (
-    SELECT t0.id FROM completion_tags t0
-    WHERE t0.project = q.project AND t0.kind = q.kind AND t0.name = q.name AND t0.value = q.value
-      AND t0.id > q.gt AND t0.id >= q.ge AND t0.id < q.lt
-    ORDER BY t0.id {order.upper()} LIMIT q.lim
-) w
-CROSS JOIN LATERAL (SELECT c.body, c.metadata FROM completions c WHERE c.id = w.id OFFSET 0) c
+    SELECT array_agg(w.id) AS ids, array_agg(c.body) AS bodies, array_agg(c.metadata) AS metadata
+    FROM (
+        SELECT t0.id FROM completion_tags t0
+        WHERE t0.project = q.project AND t0.kind = q.kind AND t0.name = q.name AND t0.value = q.value
+          AND t0.id > q.gt AND t0.id >= q.ge AND t0.id < q.lt
+        ORDER BY t0.id {order.upper()} LIMIT q.lim
+    ) w
+    CROSS JOIN LATERAL (SELECT c.body, c.metadata FROM completions c WHERE c.id = w.id OFFSET 0) c
+) a
 """
     for order in ("asc", "desc")
 }
@@ -209,8 +217,9 @@ class PostgresStore:
         async with self._conn() as conn:
             rows = await conn.fetch(_LIST_MANY[queries[0].order], *columns)
         pages: list[list[Row]] = [[] for _ in queries]
-        for r in rows:
-            pages[r[0] - 1].append(Row(r[1], r[2], r[3]))
+        for i, ids, bodies, metadata in rows:
+            if ids is not None:  # null: the page is empty
+                pages[i - 1] = [Row(*r) for r in zip(ids, bodies, metadata, strict=True)]
         out = []
         for q, page in zip(queries, pages, strict=True):
             page.sort(key=_id, reverse=q.order == "desc")
