@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from storegate.errors import Unauthorized
-from storegate.service.keys import Keys
+from storegate.errors import RateLimited, Unauthorized
+from storegate.service.keys import DEFAULT_PROJECT, Keys
 from storegate.store.sqlite import SQLiteStore
 
 
@@ -92,6 +92,57 @@ def test_nothing_is_remembered_when_the_store_cannot_tell(tmp_path: Path) -> Non
             for _ in range(4):
                 await keys.authenticate(f"Bearer {secret}")
             assert store.lookups == 4
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_known_answers_only_headers_accepted_in_this_epoch(tmp_path: Path) -> None:
+    """`known` (the middleware's synchronous first try) answers a header without a lookup only when
+    this epoch already accepted that exact header, and still counts its key's rate limit."""
+
+    async def main() -> None:
+        store = CountingStore(str(tmp_path / "k.db"))
+        await store.open()
+        try:
+            keys = Keys(store)
+            assert keys.known(None) is None, "nothing is known before a lookup"
+            assert (await keys.authenticate(None)).project == DEFAULT_PROJECT
+            await _next_request()
+            open_door = keys.known("Bearer anything")
+            assert open_door is not None and open_door.project == DEFAULT_PROJECT and open_door.key_id is None
+
+            key, secret = await keys.create("alpha", rpm=3)  # keys are now required: the epoch moves
+            await _next_request()
+            assert keys.known(None) is None and keys.known("Bearer anything") is None
+            with pytest.raises(Unauthorized):
+                await keys.authenticate(None)
+            assert (await keys.authenticate(f"Bearer {secret}")).project == "alpha"  # 1 of 3
+            lookups = store.lookups
+            await _next_request()
+            hit = keys.known(f"Bearer {secret}")  # 2 of 3
+            assert hit is not None and (hit.project, hit.key_id) == ("alpha", key.id)
+            assert keys.known(f"Bearer {secret}x") is None, "another header is looked up"
+            assert keys.known(f"bearer {secret}") is None, "only the exact header that was accepted"
+            assert store.lookups == lookups
+            assert keys.known(f"Bearer {secret}") is not None  # 3 of 3
+            with pytest.raises(RateLimited):
+                keys.known(f"Bearer {secret}")
+
+            _commit(store.path, f"UPDATE api_keys SET revoked = 1 WHERE id = '{key.id}'")
+            await _next_request()
+            assert keys.known(f"Bearer {secret}") is None, "a revocation is seen on the next request"
+            with pytest.raises(Unauthorized):
+                await keys.authenticate(f"Bearer {secret}")
+
+            # Accepted while keys changed: not remembered, the next request looks it up again.
+            _, other = await keys.create("beta")
+            await _next_request()
+            store.change_during_lookup = "UPDATE api_keys SET rpm = 5"
+            assert (await keys.authenticate(f"Bearer {other}")).project == "beta"
+            await _next_request()
+            assert keys.known(f"Bearer {other}") is None
         finally:
             await store.close()
 

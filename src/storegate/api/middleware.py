@@ -81,10 +81,12 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every /v1 route needs a key once any key exists; the key decides the project."""
     if request.path.startswith("/v1/"):
-        principal = await request.app[SERVICES].keys.authenticate(request.headers.get("Authorization"))
+        keys = request.app[SERVICES].keys
+        authorization = request.headers.get("Authorization")
+        principal = keys.known(authorization) or await keys.authenticate(authorization)
         request["project"] = principal.project
         if principal.key_id is None:  # no storegate key was used: the header is the client's own
-            request["client_key"] = request.headers.get("Authorization")
+            request["client_key"] = authorization
     return await handler(request)
 
 
