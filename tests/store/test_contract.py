@@ -10,8 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from storegate.errors import StoreUnavailable
+from storegate.errors import StoreUnavailable, Unauthorized
 from storegate.ids import IdMinter, id_floor
+from storegate.service.keys import Keys
 from storegate.service.retention import Retention
 from storegate.settings import Settings
 from storegate.store import ApiKey, ListQuery, MessagesQuery, NewCompletion, Store
@@ -375,6 +376,49 @@ def test_key_epoch_stands_still_while_completions_and_key_uses_are_written(store
                     break
                 await asyncio.sleep(0.02)
             assert store.key_epoch() not in (before, None), "a revocation moves it"
+        finally:
+            await other.close()
+
+    run(store_url, body)
+
+
+def test_a_server_answers_an_accepted_key_from_memory_until_keys_change(store_url: str) -> None:
+    """On both stores, `Keys.known` (the middleware's first try) answers a key it accepted without a
+    store lookup while the key epoch stands still, and stops the moment another process revokes it."""
+
+    async def body(store: Store) -> None:
+        lookups = 0
+        find_key = store.find_key
+
+        async def counted(secret_hash: bytes) -> tuple[ApiKey | None, bool]:
+            nonlocal lookups
+            lookups += 1
+            return await find_key(secret_hash)
+
+        store.find_key = counted  # type: ignore[method-assign]
+        other = make_store(Settings(db=store_url))
+        await other.open()
+        try:
+            keys = Keys(store)
+            key, secret = await keys.create("alpha")
+            await _settled_epoch(store)
+            header = f"Bearer {secret}"
+            assert (await keys.authenticate(header)).project == "alpha"
+            seen = lookups
+            for _ in range(5):
+                await asyncio.sleep(0)
+                hit = keys.known(header)
+                assert hit is not None and (hit.project, hit.key_id) == ("alpha", key.id)
+            assert lookups == seen, "no lookup while the keys stand still"
+            before = store.key_epoch()
+            await other.revoke_key(key.id, 2)
+            for _ in range(500):
+                if store.key_epoch() != before:
+                    break
+                await asyncio.sleep(0.02)
+            assert keys.known(header) is None
+            with pytest.raises(Unauthorized):
+                await keys.authenticate(header)
         finally:
             await other.close()
 
