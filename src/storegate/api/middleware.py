@@ -83,7 +83,9 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if request.path.startswith("/v1/"):
         keys = request.app[SERVICES].keys
         authorization = request.headers.get("Authorization")
-        principal = keys.known(authorization) or await keys.authenticate(authorization)
+        principal = keys.known(authorization)
+        if principal is None:
+            principal = await keys.authenticate(authorization)
         request["project"] = principal.project
         if principal.key_id is None:  # no storegate key was used: the header is the client's own
             request["client_key"] = authorization

@@ -61,7 +61,8 @@ class Keys:
         self._known_epoch: object = None
         # What whole Authorization headers were found to be under _known_epoch: the key of each
         # header that named a live key, and whether no key is required at all (then every header is
-        # the default project). `known()` answers from these without hashing or awaiting.
+        # the default project). `known()` answers from these without hashing or awaiting. The
+        # headers of live keys stay in memory (never stored, never logged) until the epoch moves.
         self._headers: dict[str | None, tuple[Principal, ApiKey]] = {}
         self._open = False
 
@@ -88,8 +89,7 @@ class Keys:
         if hit is None:
             return None
         principal, key = hit
-        self._limiter.take(key.id, key.rpm if key.rpm is not None else self._default_rpm)
-        self._touch(key.id)
+        self._spend(key)
         return principal
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -101,8 +101,7 @@ class Keys:
         # What `_find` remembered stands for this epoch only if keys did not move meanwhile.
         remember = epoch is not None and epoch == self._known_epoch and self._store.key_epoch() == epoch
         if key is not None and key.revoked is None:
-            self._limiter.take(key.id, key.rpm if key.rpm is not None else self._default_rpm)
-            self._touch(key.id)
+            self._spend(key)
             principal = Principal(key.project, key.id)
             if remember:
                 self._headers[authorization] = (principal, key)
@@ -142,6 +141,11 @@ class Keys:
                 self._known_epoch = epoch
             self._known[secret_hash] = found
         return found
+
+    def _spend(self, key: ApiKey) -> None:
+        """One request of a live key: its rate limit (RateLimited, 429) and its last-use stamp."""
+        self._limiter.take(key.id, key.rpm if key.rpm is not None else self._default_rpm)
+        self._touch(key.id)
 
     def _touch(self, key_id: str) -> None:
         now = self._clock()
