@@ -5,6 +5,6 @@
 -- TOAST index and a fetch there. MAIN moves the body out of the row only as a last resort, so the
 -- request goes first (and the body is compressed in place before it would go).
 -- Measured on the bench's 10k store, rows rewritten, alternating: a page of 20 in a batch of 16
--- ~330-366 -> ~247-275 us, a get in a batch of 40 ~25-27 -> ~18-22 us (bench/analysis/2026-11-27T0711Z.md).
+-- ~329-366 -> ~256-292 us, a get in a batch of 40 ~25-27 -> ~19-22 us (bench/analysis/2026-11-27T0711Z.md).
 -- Rows written before keep their layout, and read the same, until rewritten (README: PostgreSQL).
 ALTER TABLE completions ALTER COLUMN body SET STORAGE MAIN;
