@@ -1,0 +1,99 @@
+"""SQLite's layout: a completion's raw request lives apart from its row (migration 0004), new
+databases use 8 KiB pages, and a store written before 0004 is carried over whole."""
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import orjson
+
+from storegate.settings import Settings
+from storegate.store import ListQuery, MessagesQuery, Store
+from storegate.store.factory import make_store
+from storegate.store.migrate import _statements, migrations
+from tests.store.test_contract import completion
+
+
+def _open(path: Path) -> Store:
+    return make_store(Settings(db=f"sqlite:///{path}"))
+
+
+def _columns(db: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+
+
+def test_a_new_store_keeps_requests_apart_on_8_kib_pages(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    made = [completion(metadata={"env": "dev"}) for _ in range(3)]
+
+    async def main() -> None:
+        store = _open(path)
+        await store.open()
+        try:
+            for c in made:
+                await store.insert(c)
+            assert await store.delete("p", made[0].id)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA page_size").fetchone()[0] == 8192
+    assert "request" not in _columns(db, "completions")
+    kept = dict(db.execute("SELECT id, request FROM completion_requests").fetchall())
+    assert kept == {c.id: c.request for c in made[1:]}, "a delete takes the request with it"
+
+
+def test_a_store_written_before_0004_is_carried_over_whole(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")  # fmt: skip
+    for migration in migrations("sqlite")[:3]:
+        for statement in _statements(migration.sql):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (migration.version, migration.name, 0))
+    made = [completion(metadata={"env": "dev" if i % 2 else "prod", "i": str(i)}, messages=i % 3)
+            for i in range(40)]  # fmt: skip
+    for c in made:
+        db.execute(
+            "INSERT INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (c.id, c.project, c.created, c.model, c.response_model, c.backend, c.backend_id, 0,
+             orjson.dumps(c.metadata), c.body, c.request + c.id.encode()),
+        )  # fmt: skip
+        for kind, name, value in [("m", "", c.model), *(("k", k, v) for k, v in c.metadata.items())]:
+            db.execute(
+                "INSERT INTO completion_tags VALUES (?, ?, ?, ?, ?)", (c.project, kind, name, value, c.id)
+            )
+        for i, item in enumerate(c.messages):
+            db.execute("INSERT INTO messages VALUES (?, ?, ?)", (c.id, i, item))
+    db.close()
+    dev = sorted(c.id for c in made if c.metadata["env"] == "dev")
+    newer = completion(metadata={"env": "dev"})
+
+    async def main() -> None:
+        store = _open(path)
+        await store.open()
+        try:
+            assert store.migrations_applied == [m.version for m in migrations("sqlite")[3:]]
+            for c in made:
+                row = await store.get("p", c.id)
+                assert row is not None and row.body == c.body and orjson.loads(row.metadata) == c.metadata
+                page = await store.list_messages(MessagesQuery("p", c.id, None, 20, "asc"))
+                assert page is not None and [item for _, item in page.items] == c.messages
+            listed = await store.list(ListQuery(project="p", model=None, metadata={"env": "dev"}, after=None,
+                                                limit=100, order="asc"))  # fmt: skip
+            assert [r.id for r in listed.items] == dev
+            await store.insert(newer)
+            assert await store.get("p", newer.id) is not None
+            assert await store.delete("p", made[0].id)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    db = sqlite3.connect(path)
+    assert "request" not in _columns(db, "completions")
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'completions' AND type = 'index' AND sql IS NOT NULL")] == ["completions_project_id"]  # fmt: skip
+    kept = dict(db.execute("SELECT id, request FROM completion_requests").fetchall())
+    assert kept == {c.id: c.request + c.id.encode() for c in made[1:]} | {newer.id: newer.request}
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
