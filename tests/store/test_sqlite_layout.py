@@ -6,9 +6,11 @@ import sqlite3
 from pathlib import Path
 
 import orjson
+import pytest
 
+from storegate.cli.main import main as storegate
 from storegate.settings import Settings
-from storegate.store import ListQuery, MessagesQuery, Store
+from storegate.store import ListQuery, MessagesQuery, NewCompletion, Store
 from storegate.store.factory import make_store
 from storegate.store.migrate import _statements, migrations
 from tests.store.test_contract import completion
@@ -44,8 +46,8 @@ def test_a_new_store_keeps_requests_apart_on_8_kib_pages(tmp_path: Path) -> None
     assert kept == {c.id: c.request for c in made[1:]}, "a delete takes the request with it"
 
 
-def test_a_store_written_before_0004_is_carried_over_whole(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+def _old_store(path: Path, n: int) -> list[NewCompletion]:
+    """A store as migrations 1-3 left it: 4 KiB pages, the request in the row."""
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")  # fmt: skip
@@ -54,7 +56,7 @@ def test_a_store_written_before_0004_is_carried_over_whole(tmp_path: Path) -> No
             db.execute(statement)
         db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (migration.version, migration.name, 0))
     made = [completion(metadata={"env": "dev" if i % 2 else "prod", "i": str(i)}, messages=i % 3)
-            for i in range(40)]  # fmt: skip
+            for i in range(n)]  # fmt: skip
     for c in made:
         db.execute(
             "INSERT INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -68,6 +70,12 @@ def test_a_store_written_before_0004_is_carried_over_whole(tmp_path: Path) -> No
         for i, item in enumerate(c.messages):
             db.execute("INSERT INTO messages VALUES (?, ?, ?)", (c.id, i, item))
     db.close()
+    return made
+
+
+def test_a_store_written_before_0004_is_carried_over_whole(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    made = _old_store(path, 40)
     dev = sorted(c.id for c in made if c.metadata["env"] == "dev")
     newer = completion(metadata={"env": "dev"})
 
@@ -97,3 +105,44 @@ def test_a_store_written_before_0004_is_carried_over_whole(tmp_path: Path) -> No
     kept = dict(db.execute("SELECT id, request FROM completion_requests").fetchall())
     assert kept == {c.id: c.request + c.id.encode() for c in made[1:]} | {newer.id: newer.request}
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_compact_moves_an_old_store_to_8_kib_pages_and_refuses_a_file_in_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "old.db"
+    made = _old_store(path, 300)
+    url = f"sqlite:///{path}"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("SELECT count(*) FROM completions").fetchone()  # a server's reader has the file open
+    assert storegate(["db", "compact", "--db", url]) == 2
+    assert "database is locked" in capsys.readouterr().err
+    assert holder.execute("PRAGMA page_size").fetchone()[0] == 4096, "refused: nothing changed"
+    assert holder.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    holder.close()
+
+    assert storegate(["db", "compact", "--db", url]) == 0
+    assert "pages of 4096 -> 8192 bytes" in capsys.readouterr().out
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA page_size").fetchone()[0] == 8192
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA freelist_count").fetchone()[0] == 0, "the rebuild's freed pages are gone"
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+    async def check() -> None:
+        store = _open(path)
+        await store.open()
+        try:
+            for c in made:
+                row = await store.get("p", c.id)
+                assert row is not None and row.body == c.body
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+def test_compact_is_for_sqlite_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert storegate(["db", "compact", "--db", "postgresql://nobody@127.0.0.1:1/none"]) == 2
+    assert "for SQLite files" in capsys.readouterr().err

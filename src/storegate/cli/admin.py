@@ -1,5 +1,7 @@
-"""Administration commands on a database: keys and migrations. Each opens the store, acts, closes."""
+"""Administration commands on a database: keys, migrations, compaction. Each opens the store, acts, closes."""
 
+import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -7,6 +9,8 @@ from contextlib import asynccontextmanager
 from storegate.service.keys import Keys
 from storegate.settings import Settings
 from storegate.store import Store, open_store
+from storegate.store.factory import SQLITE_PREFIX, sqlite_path
+from storegate.store.sqlite import compact as sqlite_compact
 
 
 @asynccontextmanager
@@ -22,6 +26,22 @@ async def migrate(settings: Settings) -> int:
     async with _store(settings) as store:
         applied = store.migrations_applied
     print(f"applied migrations {applied}" if applied else "the database is up to date")
+    return 0
+
+
+async def compact(settings: Settings) -> int:
+    """SQLite only: migrate, then rewrite the file (store/sqlite.py's compact)."""
+    if not settings.db.startswith(SQLITE_PREFIX):
+        print("storegate: db compact is for SQLite files; PostgreSQL reclaims space by (auto)vacuum,"
+              " and the README says how to rewrite rows stored before its migration 0004", file=sys.stderr)  # fmt: skip
+        return 2
+    async with _store(settings):
+        pass  # the layout a compaction writes is the current one: migrate first
+    path = sqlite_path(settings.db)
+    before, after, old_page, new_page = await asyncio.get_running_loop().run_in_executor(
+        None, sqlite_compact, path
+    )
+    print(f"compacted {path}: {before:,} -> {after:,} bytes, pages of {old_page} -> {new_page} bytes")
     return 0
 
 

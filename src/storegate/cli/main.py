@@ -1,4 +1,4 @@
-"""The storegate command: `serve`, `keys create|list|revoke`, `db migrate`."""
+"""The storegate command: `serve`, `keys create|list|revoke`, `db migrate|compact`."""
 
 import argparse
 import asyncio
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from storegate import __version__
-from storegate.cli.admin import create_key, list_keys, migrate, revoke_key
+from storegate.cli.admin import compact, create_key, list_keys, migrate, revoke_key
 from storegate.errors import StoregateError
 from storegate.settings import EVENT_LOOPS, ConfigError, Settings, from_sources
 
@@ -62,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     db = commands.add_parser("db", help="database maintenance").add_subparsers(dest="action", required=True)
     db.add_parser("migrate", help="apply pending migrations and exit")
-    for sub in (create, keys.choices["list"], revoke, db.choices["migrate"]):
+    db.add_parser(
+        "compact", help="SQLite: migrate, then rewrite the file (VACUUM) on 8 KiB pages; no server may use it"
+    )
+    for sub in (create, keys.choices["list"], revoke, db.choices["migrate"], db.choices["compact"]):
         sub.add_argument("--db", help=_DB_HELP)
     return parser
 
@@ -76,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return serve(settings)
         if args.command == "db":
-            return asyncio.run(migrate(settings))
+            return asyncio.run(migrate(settings) if args.action == "migrate" else compact(settings))
         if args.action == "create":
             return asyncio.run(create_key(settings, args.project, args.rpm))
         if args.action == "list":

@@ -4,6 +4,7 @@ writer thread in group commits (store/writer.py). WAL mode, so reads never wait 
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -288,6 +289,37 @@ class SQLiteStore:
             return await asyncio.shield(future)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the store could not write: {exc}") from exc
+
+
+def compact(path: str) -> tuple[int, int, int, int]:
+    """Rewrite the whole file (VACUUM), on the page size a new database gets: pages that deletes and
+    migration 0004's rebuild freed go back to the OS, and a store created with 4 KiB pages gets the
+    8 KiB ones. It needs the file to itself: while any other connection has it open (a server, a
+    `storegate` command), SQLite refuses to leave WAL mode and nothing is changed. It runs in rollback
+    journal mode (VACUUM cannot change the page size in WAL mode), so an interrupted compaction is
+    rolled back by the next open. Returns the file's bytes and page size before and after."""
+    before = os.path.getsize(path)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
+    try:
+        old_page = conn.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            conn.execute("PRAGMA journal_mode = DELETE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"cannot compact {path}: {exc}: stop what uses it first") from exc
+        try:
+            conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
+            conn.execute("VACUUM")
+        finally:
+            conn.execute("PRAGMA journal_mode = WAL")
+        new_page = conn.execute("PRAGMA page_size").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"compacting {path} failed: {exc}") from exc
+    finally:
+        conn.close()
+    return before, os.path.getsize(path), old_page, new_page
 
 
 def _insert_many(conn: sqlite3.Connection, completions: list[NewCompletion]) -> None:
