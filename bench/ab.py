@@ -4,10 +4,12 @@
     bench/ab --base 7ed8609 --rounds 7 create-store create-nostore
     bench/ab --store 1M list retrieve
     bench/ab stream-store stream-nostore      # 50-chunk streams: CPU per stream; TTFT p50 for p99
+    bench/ab --new HEAD --new-serve-arg=--sqlite-cache-mib=16 mixed   # a setting, A/B'd on one revision
 
 Two storegate servers run at once, one from `git archive <base>` (PYTHONPATH), one from the
 working tree's src/, both on one copy of a bench/million store (the stored scenarios only read)
-or each on a fresh SQLite file (creates), with one fake backend behind both. Every round runs each scenario against both, in
+or each on a fresh SQLite file (creates), or each on its own copy of the store (`mixed`: the soak's
+½ create store=true, ¼ list, ¼ retrieve, so reads follow commits), with one fake backend behind both. Every round runs each scenario against both, in
 an order that flips per round, so a neighbour's noise lands on both sides alike. Reported per
 scenario: req/s and storegate CPU per request (process total, and the threads other than the event
 loop, i.e. SQLite's writer and reader threads) for each side, medians over rounds, and the median
@@ -43,6 +45,7 @@ from wrkrun import run_sse, run_wrk, write_lines  # noqa: E402
 STORED = ("healthz", "retrieve", "list", "list_user", "messages")
 CREATES = {"create-store": True, "create-nostore": False}
 STREAMS = {"stream-store": True, "stream-nostore": False}  # CPU per stream, TTFT p50 in the p99 column
+MIXED = "mixed"  # the soak's mix (harness.soak): reads that follow commits, as a storing server serves them
 
 
 def _threads_cpu(pid: int) -> tuple[float, float]:
@@ -81,6 +84,13 @@ def _lines(scenario: str, workload: stores.Workload | None) -> list[harness.Line
         store = CREATES[scenario]
         return [("POST", "/v1/chat/completions", harness.chat_body(store, k)) for k in range(3000 if store else 1)]
     assert workload is not None
+    if scenario == MIXED:  # as harness.soak: half creates (store=true), a quarter lists, a quarter retrieves
+        lists, gets = workload.lines("list") + workload.lines("list_user"), workload.lines("retrieve")
+        lines: list[harness.Line] = []
+        for k in range(3000):
+            lines += [("POST", "/v1/chat/completions", harness.chat_body(True, k)), lists[(k * 7) % len(lists)],
+                      ("POST", "/v1/chat/completions", harness.chat_body(True, k + 1)), gets[k % len(gets)]]  # fmt: skip
+        return lines
     return workload.lines(scenario)
 
 
@@ -91,7 +101,7 @@ def _fmt(xs: list[float], digits: int = 0) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenarios", nargs="*", default=["healthz", "retrieve", "create-store", "create-nostore"],
-                    help=f"any of {', '.join(STORED + tuple(CREATES) + tuple(STREAMS))}")  # fmt: skip
+                    help=f"any of {', '.join(STORED + tuple(CREATES) + tuple(STREAMS) + (MIXED,))}")  # fmt: skip
     ap.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
     ap.add_argument("--new", default=None, help="git revision for the new side (default: the working tree; "
                     "`--base HEAD --new HEAD` measures the tool's own A/A spread)")
@@ -100,8 +110,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--store", default="10k", choices=("10k", "1M"), help="bench/million's SQLite store to copy")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `storegate serve` argument (both)")
+    ap.add_argument("--new-serve-arg", action="append", default=[],
+                    help="extra `storegate serve` argument for the new side only (--new-serve-arg=--flag=value)")  # fmt: skip
     args = ap.parse_args()
-    unknown = [s for s in args.scenarios if s not in STORED and s not in CREATES and s not in STREAMS]
+    known = (*STORED, *CREATES, *STREAMS, MIXED)
+    unknown = [s for s in args.scenarios if s not in known]
     if unknown:
         ap.error(f"unknown scenarios: {unknown}")
     stored = [s for s in args.scenarios if s in STORED]
@@ -118,18 +131,22 @@ def main() -> int:
         fake.wait_ready()
         backend = f"http://{harness.HOST}:{fake.port}/v1"
         workload = None
-        if stored:
+        mixed = MIXED in args.scenarios
+        if stored or mixed:
             harness.log(f"copying the {args.store} SQLite store (bench/million builds it if missing)")
             workload = stores.Workload.make(n, writes_each=0)
         shared = None
-        if stored:  # the stored scenarios only read: both sides read one copy, one page cache
+        if stored and not mixed:  # the stored scenarios only read: both sides read one copy, one page cache
             (tmp / "db").mkdir()
             shared, _ = stores.sqlite_copy(n, tmp / "db", harness.log)
         by_side: dict[str, Server] = {}
         for side, src in sides.items():
             (tmp / side / "db").mkdir(parents=True)
             url = shared or f"sqlite:///{tmp / side / 'db' / 'ab.db'}"
-            by_side[side] = _server(side, src, url, backend, tmp, args.serve_arg)
+            if mixed:  # each side writes: its own copy, read once into the OS's cache like the shared one
+                url, _ = stores.sqlite_copy(n, tmp / side / "db", harness.log)
+            extra = args.serve_arg + (args.new_serve_arg if side == "new" else [])
+            by_side[side] = _server(side, src, url, backend, tmp, extra)
         for server in by_side.values():
             servers.append(server)
             server.start()
@@ -137,7 +154,7 @@ def main() -> int:
             server.wait_ready()
             harness.wait_http(server.port, "/healthz", 30)
         files = {s: write_lines(tmp / f"{s}.txt", _lines(s, workload)) for s in args.scenarios if s not in STREAMS}
-        for s in stored:  # read every line once on both sides: no side serves a colder cache
+        for s in [*stored, *([MIXED] if mixed else [])]:  # every line once on both sides: no colder cache
             for server in by_side.values():
                 run_wrk(f"http://{harness.HOST}:{server.port}", files[s], 8, 60, len(_lines(s, workload)), {})
 
@@ -169,7 +186,8 @@ def main() -> int:
                                              "p99_ms": rec["p99_us"] / 1000})  # fmt: skip
             harness.log(f"round {r + 1}/{args.rounds} done")
 
-        print(f"\nbase {args.base} vs {args.new or 'the working tree'}; c={args.conns}, {args.seconds} s runs, {args.rounds} rounds; "
+        new_args = f" with {' '.join(args.new_serve_arg)}" if args.new_serve_arg else ""
+        print(f"\nbase {args.base} vs {args.new or 'the working tree'}{new_args}; c={args.conns}, {args.seconds} s runs, {args.rounds} rounds; "
               f"medians (CPU = storegate's, us per request; 'threads' = all but the event loop)")  # fmt: skip
         print(f"{'scenario':<16}{'base req/s':>12}{'new req/s':>12}  {'new/base (min-max)':<22}"
               f"{'base cpu':>10}{'new cpu':>10}{'base thr':>10}{'new thr':>10}{'base p99':>10}{'new p99':>10}")  # fmt: skip
