@@ -117,6 +117,8 @@ def main() -> int:
     unknown = [s for s in args.scenarios if s not in known]
     if unknown:
         ap.error(f"unknown scenarios: {unknown}")
+    if MIXED in args.scenarios and len(args.scenarios) > 1:  # its writes would change what the others read
+        ap.error("mixed runs alone: each side writes into its store copy, which other scenarios would then read")
     stored = [s for s in args.scenarios if s in STORED]
     n = {"10k": 10_000, "1M": 1_000_000}[args.store]
 
@@ -136,7 +138,7 @@ def main() -> int:
             harness.log(f"copying the {args.store} SQLite store (bench/million builds it if missing)")
             workload = stores.Workload.make(n, writes_each=0)
         shared = None
-        if stored and not mixed:  # the stored scenarios only read: both sides read one copy, one page cache
+        if stored:  # the stored scenarios only read: both sides read one copy, one page cache
             (tmp / "db").mkdir()
             shared, _ = stores.sqlite_copy(n, tmp / "db", harness.log)
         by_side: dict[str, Server] = {}

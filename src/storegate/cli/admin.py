@@ -30,17 +30,17 @@ async def migrate(settings: Settings) -> int:
 
 
 async def compact(settings: Settings) -> int:
-    """SQLite only: migrate, then rewrite the file (store/sqlite.py's compact)."""
+    """SQLite only: migrate and rewrite the file, holding it alone (store/sqlite.py's compact)."""
     if not settings.db.startswith(SQLITE_PREFIX):
         print("storegate: db compact is for SQLite files; PostgreSQL reclaims space by (auto)vacuum,"
               " and the README says how to rewrite rows stored before its migration 0004", file=sys.stderr)  # fmt: skip
         return 2
-    async with _store(settings):
-        pass  # the layout a compaction writes is the current one: migrate first
     path = sqlite_path(settings.db)
-    before, after, old_page, new_page = await asyncio.get_running_loop().run_in_executor(
+    before, after, old_page, new_page, applied = await asyncio.get_running_loop().run_in_executor(
         None, sqlite_compact, path
     )
+    if applied:
+        print(f"applied migrations {applied}")
     print(f"compacted {path}: {before:,} -> {after:,} bytes, pages of {old_page} -> {new_page} bytes")
     return 0
 

@@ -1,5 +1,6 @@
 """Numbered, append-only migrations: `NNNN_name.sql` files per backend, applied in order once each."""
 
+import logging
 import re
 import sqlite3
 import time
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 _NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+log = logging.getLogger("storegate.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ def apply_sqlite(conn: sqlite3.Connection) -> list[int]:
             ).fetchone():
                 conn.execute("ROLLBACK")
                 continue
+            log.info("applying migration %04d_%s", migration.version, migration.name)
             for statement in _statements(migration.sql):
                 conn.execute(statement)
             conn.execute(

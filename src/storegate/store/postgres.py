@@ -3,6 +3,7 @@ replicas on one database. Each write is one transaction; migrations run under an
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ from storegate.store.batch import Batcher
 from storegate.store.migrate import migrations
 from storegate.store.pg_listen import CONNECTION_FAILURES, KeyListener
 from storegate.store.sql import COUNT_CAP, Filter, Tag, count_sql, filters, list_sql, tags
+
+log = logging.getLogger("storegate.store")
 
 _MIGRATION_LOCK = 0x53746F7265  # "Store": one advisory lock id for every storegate
 _INSERT = """
@@ -350,6 +353,7 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
         for migration in migrations("postgres"):
             if migration.version in done:
                 continue
+            log.info("applying migration %04d_%s", migration.version, migration.name)
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(

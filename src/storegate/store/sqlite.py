@@ -291,35 +291,43 @@ class SQLiteStore:
             raise StoreUnavailable(f"the store could not write: {exc}") from exc
 
 
-def compact(path: str) -> tuple[int, int, int, int]:
-    """Rewrite the whole file (VACUUM), on the page size a new database gets: pages that deletes and
-    migration 0004's rebuild freed go back to the OS, and a store created with 4 KiB pages gets the
-    8 KiB ones. It needs the file to itself: while any other connection has it open (a server, a
-    `storegate` command), SQLite refuses to leave WAL mode and nothing is changed. It runs in rollback
-    journal mode (VACUUM cannot change the page size in WAL mode), so an interrupted compaction is
-    rolled back by the next open. Returns the file's bytes and page size before and after."""
+def compact(path: str) -> tuple[int, int, int, int, list[int]]:
+    """Apply pending migrations, then rewrite the whole file (VACUUM) on the page size a new database
+    gets: pages that deletes and migration 0004's rebuild freed go back to the OS, and a store created
+    with 4 KiB pages gets the 8 KiB ones. All of it on one connection that holds the file alone
+    (exclusive locking, rollback journal: VACUUM cannot change the page size in WAL mode). While any
+    other connection has the file open (a server, a `storegate` command), SQLite refuses to leave WAL
+    mode, and nothing is changed, migrations included. An interrupted run is rolled back by the next
+    open. Returns the file's bytes and page size before and after, and the migrations applied."""
+    if not os.path.isfile(path):
+        raise StoreUnavailable(f"no SQLite database at {path}")
     before = os.path.getsize(path)
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=0)
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
     try:
-        old_page = conn.execute("PRAGMA page_size").fetchone()[0]
         try:
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")  # once taken, no lock is let go until close
             conn.execute("PRAGMA journal_mode = DELETE")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"cannot compact {path}: {exc}: stop what uses it first") from exc
         try:
+            old_page = conn.execute("PRAGMA page_size").fetchone()[0]
+            applied = apply_sqlite(conn)
             conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             conn.execute("VACUUM")
+            new_page = conn.execute("PRAGMA page_size").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"compacting {path} failed, nothing changed: {exc}") from exc
         finally:
-            conn.execute("PRAGMA journal_mode = WAL")
-        new_page = conn.execute("PRAGMA page_size").fetchone()[0]
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(f"compacting {path} failed: {exc}") from exc
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.Error:  # harmless: every open sets WAL mode again
+                log.exception("could not put %s back in WAL mode", path)
     finally:
         conn.close()
-    return before, os.path.getsize(path), old_page, new_page
+    return before, os.path.getsize(path), old_page, new_page, applied
 
 
 def _insert_many(conn: sqlite3.Connection, completions: list[NewCompletion]) -> None:
