@@ -1,4 +1,5 @@
-"""Administration commands on a database: keys, migrations, compaction. Each opens the store, acts, closes."""
+"""Administration commands on a database: keys, migrations, compaction. Each opens the store, acts,
+closes; compaction works on the SQLite file itself, alone."""
 
 import asyncio
 import sys

@@ -310,8 +310,9 @@ def compact(path: str) -> tuple[int, int, int, int, list[int]]:
         try:
             conn.execute("PRAGMA locking_mode = EXCLUSIVE")  # once taken, no lock is let go until close
             conn.execute("PRAGMA journal_mode = DELETE")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"cannot compact {path}: {exc}: stop what uses it first") from exc
+        except sqlite3.Error as exc:
+            hint = ": stop what uses it first" if "locked" in str(exc) else ""
+            raise StoreUnavailable(f"cannot compact {path}: {exc}{hint}") from exc
         try:
             old_page = conn.execute("PRAGMA page_size").fetchone()[0]
             applied = apply_sqlite(conn)
@@ -319,7 +320,8 @@ def compact(path: str) -> tuple[int, int, int, int, list[int]]:
             conn.execute("VACUUM")
             new_page = conn.execute("PRAGMA page_size").fetchone()[0]
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"compacting {path} failed, nothing changed: {exc}") from exc
+            # Each migration it finished stays applied (each is a transaction); the rest rolls back.
+            raise StoreUnavailable(f"compacting {path} failed: {exc}") from exc
         finally:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
