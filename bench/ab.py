@@ -84,13 +84,8 @@ def _lines(scenario: str, workload: stores.Workload | None) -> list[harness.Line
         store = CREATES[scenario]
         return [("POST", "/v1/chat/completions", harness.chat_body(store, k)) for k in range(3000 if store else 1)]
     assert workload is not None
-    if scenario == MIXED:  # as harness.soak: half creates (store=true), a quarter lists, a quarter retrieves
-        lists, gets = workload.lines("list") + workload.lines("list_user"), workload.lines("retrieve")
-        lines: list[harness.Line] = []
-        for k in range(3000):
-            lines += [("POST", "/v1/chat/completions", harness.chat_body(True, k)), lists[(k * 7) % len(lists)],
-                      ("POST", "/v1/chat/completions", harness.chat_body(True, k + 1)), gets[k % len(gets)]]  # fmt: skip
-        return lines
+    if scenario == MIXED:
+        return harness.mixed_lines(workload)
     return workload.lines(scenario)
 
 

@@ -772,19 +772,25 @@ def evaluate_stored(sc: Scenario, runs: list[dict[str, Any]], kind: str, cfg: Co
     return out
 
 
-def soak(cfg: Config, tmp: Path) -> dict[str, Any]:
-    fake = fake_server(tmp)
-    url, info = stores.sqlite_copy(10_000, tmp, log)
-    sg = storegate_server("storegate-soak", tmp, url, f"http://{HOST}:{fake.port}/v1")
-    w = stores.Workload.make(10_000, 1, reads=3000)
+def mixed_lines(w: stores.Workload) -> list[Line]:
+    """The soak's mix (and bench/ab's `mixed`): half creates (store=true), a quarter lists, a quarter
+    retrieves, interleaved, so reads follow commits as on a server that stores and reads at once."""
     lists = w.lines("list") + w.lines("list_user")
     gets = w.lines("retrieve")
     lines: list[Line] = []
-    for k in range(3000):  # half creates (store=true), a quarter lists, a quarter retrieves
+    for k in range(3000):
         lines.append(("POST", "/v1/chat/completions", chat_body(True, k)))
         lines.append(lists[(k * 7) % len(lists)])
         lines.append(("POST", "/v1/chat/completions", chat_body(True, k + 1)))
         lines.append(gets[k % len(gets)])
+    return lines
+
+
+def soak(cfg: Config, tmp: Path) -> dict[str, Any]:
+    fake = fake_server(tmp)
+    url, info = stores.sqlite_copy(10_000, tmp, log)
+    sg = storegate_server("storegate-soak", tmp, url, f"http://{HOST}:{fake.port}/v1")
+    lines = mixed_lines(stores.Workload.make(10_000, 1, reads=3000))
     lf = write_lines(tmp / "soak.txt", lines)
     samples: list[tuple[float, int]] = []
     out: dict[str, Any] = {"store": info | {"url": url}, "conns": cfg.soak_conns, "seconds": cfg.soak_s,
