@@ -3,12 +3,14 @@
     bench/ab                                  # HEAD vs the working tree: retrieve, healthz, create
     bench/ab --base 7ed8609 --rounds 7 create-store create-nostore
     bench/ab --store 1M list retrieve
+    bench/ab --store pg-1M list retrieve      # on bench/million's PostgreSQL (a working copy of its 1M database)
     bench/ab stream-store stream-nostore      # 50-chunk streams: CPU per stream; TTFT p50 for p99
     bench/ab --new HEAD --new-serve-arg=--sqlite-cache-mib=16 mixed   # a setting, A/B'd on one revision
 
 Two storegate servers run at once, one from `git archive <base>` (PYTHONPATH), one from the
 working tree's src/, both on one copy of a bench/million store (the stored scenarios only read)
-or each on a fresh SQLite file (creates), or each on its own copy of the store (`mixed`: the soak's
+(or one working copy of a bench/million PostgreSQL database: `--store pg-10k|pg-1M`, stored
+scenarios only; PostgreSQL's CPU per request is reported too) or each on a fresh SQLite file (creates), or each on its own copy of the store (`mixed`: the soak's
 ½ create store=true, ¼ list, ¼ retrieve, so reads follow commits), with one fake backend behind both. Every round runs each scenario against both, in
 an order that flips per round, so a neighbour's noise lands on both sides alike. Reported per
 scenario: req/s and storegate CPU per request (process total, and the threads other than the event
@@ -103,7 +105,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--seconds", type=int, default=3)
-    ap.add_argument("--store", default="10k", choices=("10k", "1M"), help="bench/million's SQLite store to copy")
+    ap.add_argument("--store", default="10k", choices=("10k", "1M", "pg-10k", "pg-1M"),
+                    help="bench/million's store to copy: SQLite, or PostgreSQL (pg-*: stored scenarios only)")  # fmt: skip
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `storegate serve` argument (both)")
     ap.add_argument("--new-serve-arg", action="append", default=[],
                     help="extra `storegate serve` argument for the new side only (--new-serve-arg=--flag=value)")  # fmt: skip
@@ -115,7 +118,13 @@ def main() -> int:
     if MIXED in args.scenarios and len(args.scenarios) > 1:  # its writes would change what the others read
         ap.error("mixed runs alone: each side writes into its store copy, which other scenarios would then read")
     stored = [s for s in args.scenarios if s in STORED]
-    n = {"10k": 10_000, "1M": 1_000_000}[args.store]
+    on_pg = args.store.startswith("pg-")
+    if on_pg and len(stored) < len(args.scenarios):  # both sides share one database, which must stay as built
+        ap.error("on PostgreSQL only the stored scenarios run: " + ", ".join(STORED))
+    if on_pg and (reason := stores.Postgres.unavailable_reason()):
+        ap.error(reason)
+    n = {"10k": 10_000, "1M": 1_000_000}[args.store.removeprefix("pg-")]
+    pg = stores.Postgres(harness.log) if on_pg else None
 
     tmp = Path(tempfile.mkdtemp(prefix="storegate-ab-"))
     servers: list[Server] = []
@@ -130,10 +139,13 @@ def main() -> int:
         workload = None
         mixed = MIXED in args.scenarios
         if stored or mixed:
-            harness.log(f"copying the {args.store} SQLite store (bench/million builds it if missing)")
+            harness.log(f"copying bench/million's {args.store} store (bench/million builds it if missing)")
             workload = stores.Workload.make(n, writes_each=0)
         shared = None
-        if stored:  # the stored scenarios only read: both sides read one copy, one page cache
+        if pg is not None:
+            pg.start()
+            shared, _ = pg.copy(n)
+        elif stored:  # the stored scenarios only read: both sides read one copy, one page cache
             (tmp / "db").mkdir()
             shared, _ = stores.sqlite_copy(n, tmp / "db", harness.log)
         by_side: dict[str, Server] = {}
@@ -167,6 +179,8 @@ def main() -> int:
                         "all": lambda pid=pid: _threads_cpu(pid)[0],
                         "threads": lambda pid=pid: _threads_cpu(pid)[1],
                     }
+                    if pg is not None:
+                        cpu["db"] = pg.cpu_seconds
                     url = f"http://{harness.HOST}:{server.port}"
                     rec: dict[str, Any]
                     if s in STREAMS:
@@ -180,7 +194,7 @@ def main() -> int:
                         raise RuntimeError(f"{side} {s}: {rec['errors']} errors: {rec}")
                     per = rec["server_cpu_us_per_req"]
                     results[s][side].append({"rps": rec["rps"], "cpu": per["all"], "threads": per["threads"],
-                                             "p99_ms": rec["p99_us"] / 1000})  # fmt: skip
+                                             "p99_ms": rec["p99_us"] / 1000, "db": per.get("db", 0.0)})  # fmt: skip
             harness.log(f"round {r + 1}/{args.rounds} done")
 
         new_args = f" with {' '.join(args.new_serve_arg)}" if args.new_serve_arg else ""
@@ -198,10 +212,16 @@ def main() -> int:
                   f"{_fmt([x['cpu'] for x in b]):>10}{_fmt([x['cpu'] for x in w]):>10}"
                   f"{_fmt([x['threads'] for x in b]):>10}{_fmt([x['threads'] for x in w]):>10}"
                   f"{_fmt([x['p99_ms'] for x in b], 1):>10}{_fmt([x['p99_ms'] for x in w], 1):>10}")  # fmt: skip
+        if pg is not None:
+            print("PostgreSQL's CPU per request (us), base / new: " + "; ".join(
+                f"{s} {_fmt([x['db'] for x in results[s]['base']])} / {_fmt([x['db'] for x in results[s]['new']])}"
+                for s in args.scenarios))  # fmt: skip
         return 0
     finally:
         for server in reversed(servers):
             server.stop()
+        if pg is not None:
+            pg.stop()  # drops the working copy
         shutil.rmtree(tmp, ignore_errors=True)
 
 

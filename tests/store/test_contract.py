@@ -15,9 +15,12 @@ import pytest
 from storegate.errors import StoreUnavailable, Unauthorized
 from storegate.ids import IdMinter, id_floor
 from storegate.service.keys import Keys
+from storegate.service.paging import list_object
 from storegate.service.retention import Retention
 from storegate.settings import Settings
 from storegate.store import ApiKey, ListQuery, MessagesQuery, NewCompletion, Store
+from storegate.store import postgres as postgres_store
+from storegate.store.base import rendered
 from storegate.store.factory import make_store
 from storegate.store.sqlite import KEY_TRIGGERS
 from tests.pg import PostgresServer, pg_bin
@@ -540,9 +543,10 @@ def test_postgres_gets_fail_as_503_while_the_database_is_down_and_recover() -> N
 
 
 def test_lists_asked_together_answer_as_each_alone(store_url: str) -> None:
-    """PostgreSQL walks the one-filter pages of one event-loop pass in one statement: every mix of
-    orders, cursors, id bounds, limits, filters, projects and a two-filter page in the same pass
-    must page exactly as each list asked alone does."""
+    """PostgreSQL walks the one-filter pages of one event-loop pass in one statement, and writes their
+    JSON itself: every mix of orders, cursors, id bounds, limits, filters, projects and a two-filter
+    page in the same pass must page exactly as each list asked alone does, byte for byte as the rows
+    of `list` spliced here."""
 
     async def body(store: Store) -> None:
         made = [completion(model="m1" if i % 3 else "m2", metadata={"even": str(i % 2 == 0), "i": str(i)})
@@ -581,13 +585,56 @@ def test_lists_asked_together_answer_as_each_alone(store_url: str) -> None:
             return found[: query.limit], len(found) > query.limit
 
         alone = [await store.list(query) for query in queries]
-        together = await asyncio.gather(*(store.list(query) for query in queries))
-        for query, one, many in zip(queries, alone, together, strict=True):
+        alone_json = [await store.list_rendered(query) for query in queries]
+        together = await asyncio.gather(*(store.list_rendered(query) for query in queries))
+        for query, one, one_json, many in zip(queries, alone, alone_json, together, strict=True):
             assert ([r.id for r in one.items], one.has_more) == expected(query), query
-            assert many.has_more == one.has_more and many.items == one.items, query
+            assert list_object(one_json) == list_object(rendered(one)), query
+            assert list_object(many) == list_object(rendered(one)), query
+            doc = orjson.loads(list_object(many))
+            assert [d["id"] for d in doc["data"]] == [r.id for r in one.items], query
+            assert (doc["first_id"], doc["last_id"], doc["has_more"]) == (
+                one.items[0].id if one.items else None,
+                one.items[-1].id if one.items else None,
+                one.has_more,
+            ), query
         assert sum(len(p.items) for p in alone) > 500, "the grid pages through real rows"
 
     run(store_url, body)
+
+
+def test_postgres_pages_fed_out_of_order_are_asked_again(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batched list statement renders each page in the order PostgreSQL feeds its rows, which SQL
+    does not promise. A plan that feeds them in another order (forced here: each walk re-sorted the
+    other way) must still give every page in order, each asked again alone, and say so once."""
+    url = postgres.create_database()
+
+    def flip(order: str, sql: str) -> str:
+        other = "DESC" if order == "asc" else "ASC"
+        sql = sql.replace(
+            "    FROM (\n        SELECT t0.id", "    FROM (SELECT * FROM (\n        SELECT t0.id"
+        )
+        return sql.replace("    ) w\n", f"    ) w0 ORDER BY w0.id {other}) w\n")
+
+    flipped = {order: flip(order, sql) for order, sql in postgres_store._LIST_MANY.items()}
+    assert all(flipped[o] != postgres_store._LIST_MANY[o] for o in flipped), "the statement's shape changed"
+    monkeypatch.setattr(postgres_store, "_LIST_MANY", flipped)
+
+    async def body(store: Store) -> None:
+        for i in range(12):
+            await store.insert(completion(metadata={"k": "v", "i": str(i)}))
+        queries = [q(metadata={"k": "v"}, order=o, limit=n) for o in ("asc", "desc") for n in (1, 5, 20)]
+        alone = [await store.list(query) for query in queries]
+        with caplog.at_level("WARNING", logger="storegate.store"):
+            together = await asyncio.gather(*(store.list_rendered(query) for query in queries))
+        for query, one, many in zip(queries, alone, together, strict=True):
+            assert list_object(many) == list_object(rendered(one)), query
+        said = [r for r in caplog.records if "out of order" in r.getMessage()]
+        assert len(said) == 1, said
+
+    run(url, body)
 
 
 def test_postgres_keeps_the_body_in_the_row_and_moves_the_request_out(postgres: PostgresServer) -> None:

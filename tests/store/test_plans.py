@@ -100,8 +100,11 @@ def test_pages_asked_together_read_their_pages_not_the_store(postgres: PostgresS
             rows = await conn.fetch(f"EXECUTE pages({literals})")
         finally:
             await conn.close()
-        assert len(rows) == pages and all(len(r["ids"]) == len(r["bodies"]) == 21 for r in rows)
+        assert len(rows) == pages and all(
+            len(r["ids"]) == 21 and r["items"].count(b'{"metadata":') == 20 for r in rows
+        )
         assert "Seq Scan" not in plan and "Hash" not in plan, plan
+        assert "Sort" not in plan, f"the rows come in the index's order, unsorted:\n{plan}"
         hits = int(re.search(r"Buffers: shared hit=(\d+)", plan).group(1))  # type: ignore[union-attr]
         assert hits < 300 * pages, f"{pages} pages of 21 read {hits} buffers:\n{plan}"
 

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from storegate.errors import InvalidRequest
 from storegate.service.metadata import validate_metadata
-from storegate.service.paging import completions_page, page_body
+from storegate.service.paging import list_object, page_body
 from storegate.service.reassembly import Reassembly
-from storegate.service.records import render
-from storegate.store import Row
+from storegate.store import Page, Row
+from storegate.store.base import rendered, spliced
 
 values = st.one_of(
     st.text(max_size=600), st.integers(), st.none(), st.booleans(), st.lists(st.text(), max_size=2)
@@ -116,8 +116,8 @@ def test_a_page_of_completions_is_its_rendered_bodies_listed(
 ) -> None:
     """The page built in one join is byte for byte the list of each body rendered alone."""
     rows = [Row(cid, orjson.dumps(body), orjson.dumps(meta)) for cid, body, meta in items]
-    page = completions_page(rows, has_more)
-    assert page == page_body([(r.id, render(r.body, r.metadata)) for r in rows], has_more)
+    page = list_object(rendered(Page(rows, has_more)))
+    assert page == page_body([(r.id, spliced(r.body, r.metadata)) for r in rows], has_more)
     doc = orjson.loads(page)
     assert [d["metadata"] for d in doc["data"]] == [meta for _, _, meta in items]
     assert doc["has_more"] is has_more and doc["first_id"] == (items[0][0] if items else None)

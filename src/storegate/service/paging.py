@@ -1,11 +1,11 @@
 """Cursor paging shared by the completions list and the messages list: limit, order, after."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import orjson
 
 from storegate.errors import InvalidRequest
-from storegate.store.base import Order, Row
+from storegate.store.base import Order, RenderedPage
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -33,26 +33,13 @@ def parse_paging(args: Mapping[str, str]) -> tuple[int, Order, str | None]:
     return limit, "asc" if order == "asc" else "desc", args.get("after")
 
 
-def completions_page(rows: Sequence[Row], has_more: bool) -> bytes:
-    """A list of stored completions, each its body with its current metadata spliced in (as
-    records.render does), built in one join: rendering each body then joining the page copied every
-    body twice more (measured: 26 -> 9 us for a page of 20)."""
-    parts: list[bytes | memoryview] = [b'{"object":"list","data":[']
-    for row in rows:
-        parts += (b'{"metadata":', row.metadata, b",", memoryview(row.body)[1:], b",")
-    if rows:
-        parts.pop()  # the last item's comma
-    first = orjson.dumps(rows[0].id) if rows else b"null"
-    last = orjson.dumps(rows[-1].id) if rows else b"null"
-    parts += (
-        b'],"first_id":',
-        first,
-        b',"last_id":',
-        last,
-        b',"has_more":',
-        b"true}" if has_more else b"false}",
-    )
-    return b"".join(parts)
+def list_object(page: RenderedPage) -> bytes:
+    """The list of stored completions, its items already JSON, built in one join: rendering each
+    body then joining the page copied every body twice more (measured: 26 -> 9 us for a page of 20)."""
+    first = orjson.dumps(page.first_id) if page.first_id is not None else b"null"
+    last = orjson.dumps(page.last_id) if page.last_id is not None else b"null"
+    return b"".join((b'{"object":"list","data":[', *page.parts, b'],"first_id":', first, b',"last_id":', last,
+                     b',"has_more":', b"true}" if page.has_more else b"false}"))  # fmt: skip
 
 
 def page_body(items: list[tuple[str, bytes]], has_more: bool) -> bytes:

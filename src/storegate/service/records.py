@@ -40,11 +40,6 @@ def stored_body(response: dict[str, Any], request: dict[str, Any], request_id: s
     return orjson.dumps(body)
 
 
-def render(body: bytes, metadata: bytes) -> bytes:
-    """Splice the current metadata into a stored body, without parsing either."""
-    return b'{"metadata":' + metadata + b"," + body[1:]
-
-
 def message_items(completion_id: str, messages: list[dict[str, Any]]) -> list[bytes]:
     return [orjson.dumps(_message_item(completion_id, i, m)) for i, m in enumerate(messages)]
 

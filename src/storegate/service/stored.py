@@ -11,9 +11,9 @@ from storegate.errors import InvalidRequest, not_found
 from storegate.ids import id_floor, is_completion_id, message_id, parse_message_id
 from storegate.service.call import parse_object
 from storegate.service.metadata import validate_metadata
-from storegate.service.paging import completions_page, page_body, parse_paging
-from storegate.service.records import render
+from storegate.service.paging import list_object, page_body, parse_paging
 from storegate.store import ListQuery, MessagesQuery, Store
+from storegate.store.base import spliced
 
 Params = Sequence[tuple[str, str]]
 _LIST_PARAMS = frozenset({"model", "metadata", "after", "limit", "order", "created_after", "created_before"})
@@ -39,14 +39,13 @@ class StoredCompletions:
             id_from=_bound(args, "created_after", 1),
             id_before=_bound(args, "created_before", 0),
         )
-        page = await self._store.list(query)
-        return completions_page(page.items, page.has_more)
+        return list_object(await self._store.list_rendered(query))
 
     async def get(self, project: str, completion_id: str) -> bytes:
         row = await self._store.get(project, completion_id) if is_completion_id(completion_id) else None
         if row is None:
             raise not_found(completion_id)
-        return render(row.body, row.metadata)
+        return spliced(row.body, row.metadata)
 
     async def update(self, project: str, completion_id: str, raw: bytes) -> bytes:
         doc = parse_object(raw)
@@ -65,7 +64,7 @@ class StoredCompletions:
         )
         if row is None:
             raise not_found(completion_id)
-        return render(row.body, row.metadata)
+        return spliced(row.body, row.metadata)
 
     async def delete(self, project: str, completion_id: str) -> bytes:
         if not is_completion_id(completion_id) or not await self._store.delete(project, completion_id):

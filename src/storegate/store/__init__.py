@@ -1,6 +1,25 @@
 """Storage: the Store protocol and its implementations. Never imports api/ or service/."""
 
-from storegate.store.base import ApiKey, ListQuery, MessagesQuery, NewCompletion, Page, Row, Store
+from storegate.store.base import (
+    ApiKey,
+    ListQuery,
+    MessagesQuery,
+    NewCompletion,
+    Page,
+    RenderedPage,
+    Row,
+    Store,
+)
 from storegate.store.factory import open_store
 
-__all__ = ["ApiKey", "ListQuery", "MessagesQuery", "NewCompletion", "Page", "Row", "Store", "open_store"]
+__all__ = [
+    "ApiKey",
+    "ListQuery",
+    "MessagesQuery",
+    "NewCompletion",
+    "Page",
+    "RenderedPage",
+    "Row",
+    "Store",
+    "open_store",
+]

@@ -1,9 +1,11 @@
 """The Store protocol every storage backend implements, and the records that cross it.
 
 The store keeps bytes it is given and hands them back; it knows nothing of HTTP or OpenAI's wire
-format beyond the filterable columns named here.
+format beyond the filterable columns named here, and one rule for reading a completion back as one
+JSON object (`spliced`), which a list page may have the database apply (`RenderedPage`).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
@@ -34,6 +36,23 @@ class Row(NamedTuple):
     id: str
     body: bytes
     metadata: bytes
+
+
+def spliced(body: bytes, metadata: bytes) -> bytes:
+    """A stored completion as one JSON object: its body (kept without metadata, which changes) with its
+    current metadata spliced in first, neither of them parsed."""
+    return b'{"metadata":' + metadata + b"," + body[1:]
+
+
+class RenderedPage(NamedTuple):
+    """A list page in JSON: `parts` concatenate to its completions as `spliced` makes them, in the
+    page's order, separated by commas. PostgreSQL builds them in its query (one part: its CPU, not
+    the event loop's); `rendered` builds them from rows, as parts joined once by the caller."""
+
+    parts: Sequence[bytes | memoryview]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +95,16 @@ class Page(Generic[T]):
     has_more: bool
 
 
+def rendered(page: "Page[Row]") -> RenderedPage:
+    parts: list[bytes | memoryview] = []
+    for row in page.items:
+        parts += (b'{"metadata":', row.metadata, b",", memoryview(row.body)[1:], b",")
+    if parts:
+        parts.pop()  # the last item's comma
+    items = page.items
+    return RenderedPage(parts, items[0].id if items else None, items[-1].id if items else None, page.has_more)
+
+
 class Store(Protocol):
     """Completions by project. Every method raises StoreUnavailable when the store cannot answer."""
 
@@ -97,6 +126,9 @@ class Store(Protocol):
     async def get(self, project: str, completion_id: str) -> Row | None: ...
 
     async def list(self, query: ListQuery) -> Page[Row]: ...
+
+    async def list_rendered(self, query: ListQuery) -> RenderedPage:
+        """The same page as `list`, in JSON: what the API's list object carries."""
 
     async def update_metadata(
         self, project: str, completion_id: str, metadata: dict[str, str]

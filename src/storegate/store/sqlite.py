@@ -15,7 +15,16 @@ from typing import Any
 import orjson
 
 from storegate.errors import StoreUnavailable
-from storegate.store.base import ApiKey, ListQuery, MessagesQuery, NewCompletion, Page, Row
+from storegate.store.base import (
+    ApiKey,
+    ListQuery,
+    MessagesQuery,
+    NewCompletion,
+    Page,
+    RenderedPage,
+    Row,
+    rendered,
+)
 from storegate.store.migrate import apply_sqlite
 from storegate.store.sql import COUNT_CAP, Filter, count_sql, filters, list_sql, tags
 from storegate.store.writer import Grouped, Writer, WriterOverloaded
@@ -138,6 +147,11 @@ class SQLiteStore:
                 lambda db: _select(db, query, _rarest_first(db, query.project, walk))
             )
         return Page([Row(*r) for r in rows[: query.limit]], len(rows) > query.limit)
+
+    async def list_rendered(self, query: ListQuery) -> RenderedPage:
+        # Rendered here, from the rows: SQLite runs on this thread, so building the JSON in SQL would
+        # spend the same CPU.
+        return rendered(await self.list(query))
 
     async def update_metadata(self, project: str, completion_id: str, metadata: dict[str, str]) -> Row | None:
         result: Row | None = await self._write(lambda conn: _update(conn, project, completion_id, metadata))
