@@ -10,11 +10,12 @@
 Two storegate servers run at once, one from `git archive <base>` (PYTHONPATH), one from the
 working tree's src/, both on one copy of a bench/million store (the stored scenarios only read)
 (or one working copy of a bench/million PostgreSQL database: `--store pg-10k|pg-1M`, stored
-scenarios only; PostgreSQL's CPU per request is reported too) or each on a fresh SQLite file (creates), or each on its own copy of the store (`mixed`: the soak's
+scenarios only; PostgreSQL's CPU per request is reported too: the whole cluster's, over the
+processes alive at both ends of a run, so approximate) or each on a fresh SQLite file (creates), or each on its own copy of the store (`mixed`: the soak's
 ½ create store=true, ¼ list, ¼ retrieve, so reads follow commits), with one fake backend behind both. Every round runs each scenario against both, in
 an order that flips per round, so a neighbour's noise lands on both sides alike. Reported per
 scenario: req/s and storegate CPU per request (process total, and the threads other than the event
-loop, i.e. SQLite's writer and reader threads) for each side, medians over rounds, and the median
+loop, i.e. SQLite's writer and reader threads; none on PostgreSQL) for each side, medians over rounds, and the median
 (min-max) of the per-round ratio new/base, and both sides' p99 latency (ms, median over rounds). The machine is shared: trust ratios, not absolutes, and
 a ratio only when its min-max range is narrow.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -96,6 +98,7 @@ def _fmt(xs: list[float], digits: int = 0) -> str:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops servers and PostgreSQL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenarios", nargs="*", default=["healthz", "retrieve", "create-store", "create-nostore"],
                     help=f"any of {', '.join(STORED + tuple(CREATES) + tuple(STREAMS) + (MIXED,))}")  # fmt: skip

@@ -297,7 +297,8 @@ def render(res: dict[str, Any], json_name: str) -> str:
     # ---- direct
     w("## 4. The store call alone (in-process, one at a time, no HTTP)\n")
     w(
-        "The same calls the HTTP scenarios make, timed around `await store.get(...)` / `await store.list(...)`"
+        "The store calls behind the HTTP scenarios, timed around `await store.get(...)` / `await store.list(...)`"
+        " (the server asks `list_rendered`: one at a time, the same query, its rows rendered as JSON)"
         " in the benchmark process (PostgreSQL: through the store's asyncpg pool, as the server does; *raw* ="
         " the same SQL on one held connection, without the pool's acquire/release).\n"
     )

@@ -75,8 +75,11 @@ def test_generic_plans_read_a_page_not_the_store(postgres: PostgresServer, walk:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("ordered", [False, True], ids=["as-fed", "sorted"])
 @pytest.mark.parametrize("order", ["asc", "desc"])
-def test_pages_asked_together_read_their_pages_not_the_store(postgres: PostgresServer, order: str) -> None:
+def test_pages_asked_together_read_their_pages_not_the_store(
+    postgres: PostgresServer, order: str, ordered: bool
+) -> None:
     """PostgreSQL answers the one-filter pages of one event-loop pass with one statement
     (`_LIST_MANY`): under a forced generic plan, each page must still be an index walk of its tag
     and a lookup per id, never a join that scans completions."""
@@ -92,7 +95,7 @@ def test_pages_asked_together_read_their_pages_not_the_store(postgres: PostgresS
         try:
             await conn.execute("ANALYZE")
             await conn.execute("SET plan_cache_mode = force_generic_plan")
-            await conn.execute(f"PREPARE pages({', '.join(types)}) AS {_LIST_MANY[order]}")
+            await conn.execute(f"PREPARE pages({', '.join(types)}) AS {_LIST_MANY[order, ordered]}")
             literals = ", ".join("ARRAY[" + ", ".join(_literal(v) for v in column) + f"]::{t}"
                                  for column, t in zip(args, types, strict=True))  # fmt: skip
             explained = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE pages({literals})")

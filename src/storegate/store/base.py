@@ -95,7 +95,8 @@ class Page(Generic[T]):
     has_more: bool
 
 
-def rendered(page: "Page[Row]") -> RenderedPage:
+def rendered(page: Page[Row]) -> RenderedPage:
+    """A page of rows in JSON, as parts (no body is copied until the caller's one join)."""
     parts: list[bytes | memoryview] = []
     for row in page.items:
         parts += (b'{"metadata":', row.metadata, b",", memoryview(row.body)[1:], b",")

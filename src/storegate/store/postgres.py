@@ -5,7 +5,7 @@ replicas on one database. Each write is one transaction; migrations run under an
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from operator import itemgetter
 from typing import Any
@@ -58,23 +58,25 @@ _ABOVE_EVERY_ID = "\x7f"  # ids are printable ASCII: under the "C" collation eve
 # Pages of one filter each, one row of the unnest per page: its tag walk (an index scan with the
 # page's limit) and each id's completion (OFFSET 0 keeps it a lookup per id: never a join the
 # planner could turn into a scan of completions). `i` says which page a row is.
-# Each page comes back as one row: its ids (limit + 1 at most, to tell has_more) and its first
-# `limit` completions already as the API's JSON (base.spliced, comma-separated: PostgreSQL's CPU on
-# its own core, not the event loop's); null for an empty page. Both aggregates take the joined rows
-# in the order the walk yields them, one step per row for both; SQL does not promise that order, so
-# the caller checks it on the ids and asks a page that came out of order again on its own (an
-# ORDER BY in the aggregates would promise it, at ~70 us more of PostgreSQL's CPU per page for
-# sorting the bodies). Measured (1M store, 16 pages a statement, 6 rounds alternating, the same
-# pages byte for byte): this process's CPU per page 189 -> 117 us against three arrays per page
-# made into rows and rendered here; PostgreSQL's 250 -> 234 us.
+# Each page comes back as one row: its ids (limit + 1 at most, to tell has_more), their ranks in the
+# walk, and its first `limit` completions already as the API's JSON (base.spliced, comma-separated:
+# PostgreSQL's CPU on its own core, not the event loop's); null for an empty page. One aggregate
+# step per joined row feeds the three, so they stay aligned. Unsorted (False), they take the rows in
+# the order the walk feeds them; SQL does not promise that order, so the caller checks the ranks
+# (1, 2, 3, ... proves the order, and that no tag lost its completion in the join) and asks a page
+# that fails again on its own, then uses the sorted variant (True) from then on. Sorting the bodies
+# costs PostgreSQL ~70 us more per page (in-process, 1M: 306 against 234 us). Measured (1M store, 16
+# pages a statement, 6 rounds alternating, the same pages byte for byte): this process's CPU per
+# page 189 -> 117 us against three arrays per page made into rows and rendered here; PostgreSQL's
+# 250 -> 234 us.
 _LIST_MANY = {
-    order: f"""
-SELECT q.i, a.ids, a.items
+    (order, ordered): f"""
+SELECT q.i, a.ranks, a.ids, a.items
 FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int[])
      WITH ORDINALITY AS q(project, kind, name, value, gt, ge, lt, lim, i)
 CROSS JOIN LATERAL (
-    SELECT array_agg(w.id) AS ids,
-           string_agg('{{"metadata":'::bytea || c.metadata || ','::bytea || substring(c.body FROM 2), ','::bytea)
+    SELECT array_agg(w.n{by}) AS ranks, array_agg(w.id{by}) AS ids,
+           string_agg('{{"metadata":'::bytea || c.metadata || ','::bytea || substring(c.body FROM 2), ','::bytea{by})
              FILTER (WHERE w.n < q.lim) AS items
     FROM (
         SELECT t0.id, row_number() OVER (ORDER BY t0.id {order.upper()}) AS n FROM completion_tags t0
@@ -86,6 +88,7 @@ CROSS JOIN LATERAL (
 ) a
 """
     for order in ("asc", "desc")
+    for ordered, by in ((False, ""), (True, " ORDER BY w.n"))
 }
 _LIST_BATCH = 16  # pages in one _LIST_MANY at most (see PostgresStore.__init__)
 _COUNT = count_sql(lambda n: f"${n}")
@@ -132,7 +135,7 @@ class PostgresStore:
         # while this process wrote the pages. Measured (bench/run, PostgreSQL, c=64, list req/s
         # by the largest batch): 10k: 64: 1,551, 16: 2,076, 8: 2,174, 4: 1,771, 2: 1,427; 1M:
         # 64: ~1,724, 16: 2,012, 8: 1,851. The machine went from ~129% to ~160% busy.
-        self._said_out_of_order = False
+        self._sorted_pages = False  # set once PostgreSQL has fed a page out of order (see _LIST_MANY)
         self._lists: dict[str, Batcher[ListQuery, RenderedPage]] = {
             order: Batcher(self._answer_lists, _LIST_BATCH) for order in ("asc", "desc")
         }
@@ -217,17 +220,18 @@ class PostgresStore:
             return await _page(conn, query, walk)
 
     async def list_rendered(self, query: ListQuery) -> RenderedPage:
-        if (
-            len(filters(query)) == 1
-        ):  # the common page: one filter, walked with others of its pass in one query
+        # The common page, one filter, is walked with the others of its pass in one statement, which
+        # renders it; a page of several filters or none, from its rows here.
+        if len(filters(query)) == 1:
             return await self._lists[query.order].ask(query)
         return rendered(await self.list(query))
 
     async def _answer_lists(self, queries: _Queries) -> _Pages:
         """One-filter pages, all of one order, in one query (`_LIST_MANY`): each page's bounds become
         the three columns it compares ids with (an absent bound compares with a value every id passes).
-        A page alone takes the plain query: measured, `_LIST_MANY` for one page cost ~840 us against
-        ~630 for the plain one (PostgreSQL plans it anew), and ~170-290 us a page for 4-16 pages."""
+        A page alone takes the plain query and is rendered here: measured (with the statement's
+        earlier form, three arrays per page), `_LIST_MANY` for one page cost ~840 us against ~630 for
+        the plain one (PostgreSQL plans it anew), and ~170-290 us a page for 4-16 pages."""
         if len(queries) == 1:
             async with self._conn() as conn:
                 return [rendered(await _page(conn, queries[0], filters(queries[0], str.encode)))]
@@ -239,26 +243,27 @@ class PostgresStore:
             for column, item in zip(columns, (q.project, kind, name, value, after_lo, q.id_from or "",
                                               min(below, default=_ABOVE_EVERY_ID), q.limit + 1), strict=True):  # fmt: skip
                 column.append(item)
-        desc = queries[0].order == "desc"
         out = [_EMPTY] * len(queries)
         async with self._conn() as conn:
-            for i, ids, items in await conn.fetch(_LIST_MANY[queries[0].order], *columns):
+            rows = await conn.fetch(_LIST_MANY[queries[0].order, self._sorted_pages], *columns)
+            for i, ranks, ids, items in rows:
                 if ids is None:  # the page is empty
                     continue
                 q = queries[i - 1]
-                if ids != sorted(ids, reverse=desc):  # not in the walk's order: asked alone, rendered here
-                    self._say_out_of_order()
+                if ranks != list(range(1, len(ranks) + 1)):  # out of the walk's order, or a row lost
+                    self._fed_out_of_order(ranks)
                     out[i - 1] = rendered(await _page(conn, q, filters(q, str.encode)))
                     continue
                 last = ids[min(len(ids), q.limit) - 1]
                 out[i - 1] = RenderedPage((items,), ids[0], last, len(ids) > q.limit)
         return out
 
-    def _say_out_of_order(self) -> None:
-        if not self._said_out_of_order:
-            self._said_out_of_order = True
-            log.warning("PostgreSQL's plan fed a list page's rows out of order: such pages are asked again"
-                        " one by one, which is slower (said once)")  # fmt: skip
+    def _fed_out_of_order(self, ranks: Sequence[int]) -> None:
+        if sorted(ranks) != list(ranks):  # a gap alone is a tag whose completion is gone: nothing to change
+            if not self._sorted_pages:
+                log.warning("PostgreSQL fed a list page's rows out of the walk's order: such a page was asked"
+                            " again alone, and list pages are sorted in PostgreSQL from now on")  # fmt: skip
+            self._sorted_pages = True
 
     async def update_metadata(self, project: str, completion_id: str, metadata: dict[str, str]) -> Row | None:
         async with self._conn() as conn, conn.transaction():

@@ -149,8 +149,9 @@ class SQLiteStore:
         return Page([Row(*r) for r in rows[: query.limit]], len(rows) > query.limit)
 
     async def list_rendered(self, query: ListQuery) -> RenderedPage:
-        # Rendered here, from the rows: SQLite runs on this thread, so building the JSON in SQL would
-        # spend the same CPU.
+        # Rendered here, from the rows. SQLite runs on this thread, so JSON built in SQL would move no
+        # work off the event loop; it would make fewer Python objects (in-process, ~105 -> ~80 us a page
+        # of 20 at 10k), but SQLite 3.40's group_concat takes no ORDER BY: not done.
         return rendered(await self.list(query))
 
     async def update_metadata(self, project: str, completion_id: str, metadata: dict[str, str]) -> Row | None:
