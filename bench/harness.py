@@ -2,7 +2,8 @@
 backend and LiteLLM's proxy, on this machine, in one run. Run it with bench/run (see README.md).
 
 Scenarios (each with throughput and p50/p99 at 64 and 1 connections, rounds interleaved, ratios
-taken per round against the same round's baseline, medians reported):
+taken per round against the same round's baseline, the runs of a judged pair back to back, medians
+reported):
   floor   - wrk's ceiling (a raw uvloop fixed response) and storegate's bare GET /healthz;
   create  - non-streamed create: direct to the fake backend, storegate store=false, store=true
             (SQLite, storegate's defaults: synchronous=FULL), LiteLLM proxy (stores nothing);
@@ -246,6 +247,22 @@ class Scenario:
     evaluate: Callable[[Scenario, list[dict[str, Any]]], list[dict[str, Any]]] | None = None
     workloads: dict[str, Any] = field(default_factory=dict)  # stored scenarios: size label -> Workload
     files: dict[str, Path] = field(default_factory=dict)  # server -> its store file (OS cache % per run)
+    # Targets whose runs are judged against each other, ordered so that every judged pair is
+    # neighbours: a round runs them first, in this order on even rounds and reversed on odd ones, then
+    # the other targets rotated. Without it the whole pool rotates, and a pair can be minutes apart.
+    chain: list[str] = field(default_factory=list)
+
+
+def round_order(sc: Scenario, pool: list[Target], rnd: int) -> list[Target]:
+    """One round's order of `pool`: the chained targets first (each judged pair run back to back, so
+    the machine's minute lands on both sides), reversed every other round, then the rest rotated."""
+    by_name = {t.name: t for t in pool}
+    chain = [by_name[n] for n in dict.fromkeys(sc.chain) if n in by_name]
+    if rnd % 2:
+        chain.reverse()
+    rest = [t for t in pool if t.name not in sc.chain]
+    shift = rnd % len(rest) if rest else 0
+    return chain + rest[shift:] + rest[:shift]
 
 
 def _is_sse(t: Target) -> bool:
@@ -296,9 +313,7 @@ def run_scenario(sc: Scenario, cfg: Config, tmp: Path) -> dict[str, Any]:
                     run_wrk(f"http://{HOST}:{ports[t.server]}", files[t.name], 16, 60, len(t.lines), cpu, quiet)
         for rnd in range(cfg.rounds):
             for conns in (64, 1):
-                pool = [t for t in sc.targets if conns in t.conns]
-                shift = rnd % len(pool) if pool else 0
-                for t in pool[shift:] + pool[:shift]:
+                for t in round_order(sc, [t for t in sc.targets if conns in t.conns], rnd):
                     store_file = sc.files.get(t.server)
                     if store_file is not None:  # read into the OS's page cache again (see stores.warm)
                         stores.warm(store_file)
@@ -330,6 +345,7 @@ def run_scenario(sc: Scenario, cfg: Config, tmp: Path) -> dict[str, Any]:
                      "limit": t.limit, "first_request": _show(t)} for t in sc.targets],
         "servers": [{"name": s.name, "argv": [str(a) for a in s.argv], "pid": pids.get(s.name)} for s in sc.servers],
         "probes": probes,
+        "chain": [n for n in dict.fromkeys(sc.chain) if any(t.name == n for t in sc.targets)],
         "extra": sc.extra,
         "runs": runs,
         "summary": summarise(sc, runs),
@@ -621,6 +637,8 @@ def create_scenario(tmp: Path, cfg: Config) -> Scenario:
                               lines=nostore, check=_completion_check))  # fmt: skip
         extra["litellm"] = {"version": peers.litellm_version(), "config": config,
                             "env": peers.OFFLINE_ENV, "argv": ll.argv}  # fmt: skip
+    # 2 (sg_store with sg_nostore), 1a (sg_store with LiteLLM) and 1b (those two with direct) side by side
+    sc.chain = ["sg_nostore", "sg_store", "litellm", "direct"]
     sc.evaluate = evaluate_create
     return sc
 
@@ -678,6 +696,7 @@ def stream_scenario(tmp: Path) -> Scenario:
     ]
     sc = Scenario("stream", f"Create, streamed ({CHUNKS} chunks, one every {CHUNK_DELAY * 1e3:.0f} ms)",
                   "direct", [fake, relay, sg], targets)  # fmt: skip
+    sc.chain = ["relay", "direct", "sg_store"]  # 4 compares sg_store with direct; the relay is for reading
     sc.evaluate = evaluate_stream
     return sc
 
@@ -727,6 +746,10 @@ def stored_scenario(kind: str, cfg: Config, tmp: Path, pg: stores.Postgres | Non
                                   baseline=f"healthz@{lab}"))  # fmt: skip
     sc = Scenario(f"stored-{kind}", f"Stored completions on {'SQLite' if kind == 'sqlite' else 'PostgreSQL'}",
                   f"healthz@{stores.label(cfg.sizes[0])}", servers, targets, extra=extra)  # fmt: skip
+    # 3a healthz-retrieve, 3b retrieve-list (each size), 3c list at the small size with list at the big
+    small, big = stores.label(min(cfg.sizes)), stores.label(max(cfg.sizes))
+    sc.chain = [f"healthz@{small}", f"retrieve@{small}", f"list@{small}", f"list@{big}", f"retrieve@{big}",
+                f"healthz@{big}"]  # fmt: skip
     if pg is not None:
         sc.cpu["postgres"] = pg.cpu_seconds
     sc.evaluate = lambda s, runs: evaluate_stored(s, runs, kind, cfg)

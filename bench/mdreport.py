@@ -15,6 +15,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
+def _order(data: dict[str, Any]) -> str:
+    if any(sc.get("chain") for sc in data["scenarios"].values()):
+        return ("the targets judged against each other first and back to back (every judged pair run one "
+                "after the other, in an order reversed every other round), then the rest in an order rotated "
+                "per round")
+    return "the order rotated per round"  # runs before 2026-11-27T13Z
+
+
 def _warm_pass(cfg: dict[str, Any]) -> str:
     return ", then one pass over every line of a stored workload" if cfg.get("warm_pass") else ""
 
@@ -109,8 +117,8 @@ def render(data: dict[str, Any], json_path: Path, md_path: Path) -> str:
         f"- **Method:** every server is its own process on 127.0.0.1 (one worker each); load is `wrk -t1` with "
         f"[`seq.lua`](seq.lua) ({cfg['dur64']} s at 64 connections, {cfg['dur1']} s at 1, after a {cfg['warmup']} s "
         f"warm-up per target{_warm_pass(cfg)}) or, for streams, [`sse_client.py`](sse_client.py) (aiohttp on uvloop, its own "
-        f"process). {cfg['rounds']} round(s); each round visits every target at 64 then 1 connections, the order "
-        f"rotated per round, and each run starts once the scenario's servers are idle. Every ratio is taken "
+        f"process). {cfg['rounds']} round(s); each round visits every target at 64 then 1 connections, "
+        f"{_order(data)}, and each run starts once the scenario's servers are idle. Every ratio is taken "
         f"between two runs of the same round, then the median (min–max) over rounds is shown: absolute numbers "
         f"are for reading, ratios for judging. storegate runs with its defaults (`storegate serve --db ... "
         f"--backend ...` only: SQLite with synchronous=FULL, {m.get('storegate_event_loop', 'uvloop')}'s event "
