@@ -9,7 +9,7 @@ whatever the call finds evicted was evicted by the machine, not by the gap's own
 call with a tiny footprint (framing one SSE chunk, as the bare relay's kind of work). Prints the p50
 per gap. At one stream at a time (TTFT at c=1) a request arrives ~10 ms after the process last ran
 (the previous stream's last chunk), which is where this puts the request path.
-Measured 2026-11-27 (bench/analysis/2026-11-27T1249Z-cold.md). Nothing here is judged.
+Measured 2026-11-27 (bench/analysis/2026-11-27T1301Z.md). Nothing here is judged.
 """
 
 from __future__ import annotations
