@@ -93,6 +93,7 @@ class Config:
     profile_dir: str = ""
     stem: str = ""  # results/<stem>.json: the run's UTC start, to the minute (runs of a day keep theirs)
     warm_pass: bool = True  # the warm-up also reads every line of a multi-line target once
+    passes: int = 1  # runs of each chained target per round at c=64 (Scenario.chain), each paired apart
 
 
 def make_config(args: argparse.Namespace) -> Config:
@@ -120,8 +121,9 @@ def make_config(args: argparse.Namespace) -> Config:
         profile_s=8,
         wait_load=0.0 if quick else 1.5,
         wait_load_max_s=600,
+        passes=1 if quick else 2,
     )
-    for name in ("rounds", "dur64", "dur1", "soak_s", "soak_conns", "wait_load", "wait_load_max_s", "profile_s"):
+    for name in ("rounds", "passes", "dur64", "dur1", "soak_s", "soak_conns", "wait_load", "wait_load_max_s", "profile_s"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, value)
@@ -313,7 +315,14 @@ def run_scenario(sc: Scenario, cfg: Config, tmp: Path) -> dict[str, Any]:
                     run_wrk(f"http://{HOST}:{ports[t.server]}", files[t.name], 16, 60, len(t.lines), cpu, quiet)
         for rnd in range(cfg.rounds):
             for conns in (64, 1):
-                for t in round_order(sc, [t for t in sc.targets if conns in t.conns], rnd):
+                order = round_order(sc, [t for t in sc.targets if conns in t.conns], rnd)
+                chained = [t for t in order if t.name in sc.chain]
+                passes = cfg.passes if conns > 1 and chained else 1
+                # The chain `passes` times, back and forth (each pass's runs are paired with each
+                # other: more ratios per round), then the other targets once.
+                seq = [(p, t) for p in range(passes) for t in (chained if p % 2 == 0 else chained[::-1])]
+                seq += [(0, t) for t in order if t.name not in sc.chain]
+                for pas, t in seq:
                     store_file = sc.files.get(t.server)
                     if store_file is not None:  # read into the OS's page cache again (see stores.warm)
                         stores.warm(store_file)
@@ -321,8 +330,10 @@ def run_scenario(sc: Scenario, cfg: Config, tmp: Path) -> dict[str, Any]:
                     if store_file is not None:
                         rec["store_cached_pct"] = stores.cached_pct(store_file)  # at the end of the run
                     rec.update(round=rnd, target=t.name, conns=conns, server=t.server, group=t.group)
+                    if passes > 1:
+                        rec["pass"] = pas
                     runs.append(rec)
-                    log(f"{sc.key} r{rnd} c{conns} {t.name}: {_brief(rec)}")
+                    log(f"{sc.key} r{rnd}{f'.{pas}' if passes > 1 else ''} c{conns} {t.name}: {_brief(rec)}")
         if sc.evaluate is not None:
             verdicts = sc.evaluate(sc, runs)
             if cfg.profile:
@@ -445,9 +456,10 @@ def _metric(rec: dict[str, Any], name: str) -> float | None:
 
 
 def paired(runs: list[dict[str, Any]], a: str, b: str, conns: int, fn: Callable[[dict[str, Any], dict[str, Any]], float | None]) -> dict[str, Any]:  # fmt: skip
-    """fn(run of a, run of b) per round where both ran; median, min, max and every value."""
-    ra = {r["round"]: r for r in runs if r["target"] == a and r["conns"] == conns}
-    rb = {r["round"]: r for r in runs if r["target"] == b and r["conns"] == conns}
+    """fn(run of a, run of b) per round (and pass, for chained targets) where both ran; median, min,
+    max and every value. A target run once a round pairs with a chained one's first pass."""
+    ra = {(r["round"], r.get("pass", 0)): r for r in runs if r["target"] == a and r["conns"] == conns}
+    rb = {(r["round"], r.get("pass", 0)): r for r in runs if r["target"] == b and r["conns"] == conns}
     values = []
     for rnd in sorted(ra.keys() & rb.keys()):
         v = fn(ra[rnd], rb[rnd])
@@ -949,6 +961,7 @@ def main() -> int:
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM peer")
     ap.add_argument("--only", action="append", choices=["floor", "create", "stream", "stored", "soak"])
     ap.add_argument("--rounds", type=int)
+    ap.add_argument("--passes", type=int, help="runs of each judged (chained) target per round at c=64 (full: 2)")
     ap.add_argument("--dur64", type=int, help="seconds per wrk run at c=64")
     ap.add_argument("--dur1", type=int, help="seconds per wrk run at c=1")
     ap.add_argument("--sizes", help="store sizes, e.g. 10000,1000000")

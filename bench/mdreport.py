@@ -17,9 +17,12 @@ HERE = Path(__file__).resolve().parent
 
 def _order(data: dict[str, Any]) -> str:
     if any(sc.get("chain") for sc in data["scenarios"].values()):
+        passes = int(data["config"].get("passes", 1))
+        twice = (f" {passes} times at 64 connections, back and forth, each pass's runs paired with each other"
+                 if passes > 1 else "")
         return ("the targets judged against each other first and back to back (every judged pair run one "
-                "after the other, in an order reversed every other round), then the rest in an order rotated "
-                "per round")
+                f"after the other, in an order reversed every other round){twice}, then the rest in an order "
+                "rotated per round")
     return "the order rotated per round"  # runs before 2026-11-27T13Z
 
 
