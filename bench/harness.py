@@ -127,6 +127,8 @@ def make_config(args: argparse.Namespace) -> Config:
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, value)
+    if cfg.passes < 1:
+        raise SystemExit("--passes must be at least 1")
     if args.soak_window is not None:
         cfg.soak_window_s = args.soak_window
     elif args.soak_s is not None:
@@ -317,6 +319,8 @@ def run_scenario(sc: Scenario, cfg: Config, tmp: Path) -> dict[str, Any]:
             for conns in (64, 1):
                 order = round_order(sc, [t for t in sc.targets if conns in t.conns], rnd)
                 chained = [t for t in order if t.name in sc.chain]
+                # a count-bounded target consumes ids per run, counted once a round (writes_each)
+                assert not any(t.limit for t in chained), "count-bounded targets cannot be chained"
                 passes = cfg.passes if conns > 1 and chained else 1
                 # The chain `passes` times, back and forth (each pass's runs are paired with each
                 # other: more ratios per round), then the other targets once.
@@ -457,7 +461,8 @@ def _metric(rec: dict[str, Any], name: str) -> float | None:
 
 def paired(runs: list[dict[str, Any]], a: str, b: str, conns: int, fn: Callable[[dict[str, Any], dict[str, Any]], float | None]) -> dict[str, Any]:  # fmt: skip
     """fn(run of a, run of b) per round (and pass, for chained targets) where both ran; median, min,
-    max and every value. A target run once a round pairs with a chained one's first pass."""
+    max and every value. A target run once a round (none that is judged) pairs with a chained one's
+    first pass of that round."""
     ra = {(r["round"], r.get("pass", 0)): r for r in runs if r["target"] == a and r["conns"] == conns}
     rb = {(r["round"], r.get("pass", 0)): r for r in runs if r["target"] == b and r["conns"] == conns}
     values = []
