@@ -122,7 +122,7 @@ def render(data: dict[str, Any], json_path: Path, md_path: Path) -> str:
         f"warm-up per target{_warm_pass(cfg)}) or, for streams, [`sse_client.py`](sse_client.py) (aiohttp on uvloop, its own "
         f"process). {cfg['rounds']} round(s); each round visits every target at 64 then 1 connections, "
         f"{_order(data)}, and each run starts once the scenario's servers are idle. Every ratio is taken "
-        f"between two runs of the same round, then the median (min–max) over rounds is shown: absolute numbers "
+        f"between two runs of the same round (and pass), then the median (min–max) over those pairs is shown: absolute numbers "
         f"are for reading, ratios for judging. storegate runs with its defaults (`storegate serve --db ... "
         f"--backend ...` only: SQLite with synchronous=FULL, {m.get('storegate_event_loop', 'uvloop')}'s event "
         f"loop, log level INFO with one access-log line per request, to a file). The fake backend ([`fakeup.py`](fakeup.py)) is a raw uvloop protocol in its own process."
@@ -135,7 +135,7 @@ def render(data: dict[str, Any], json_path: Path, md_path: Path) -> str:
     if skipped:
         lines.append("- **Skipped:** " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     lines += ["", "## Targets", "",
-              "| # | target | measured (median of the per-round ratios; min–max; each side's own median, whose quotient need not equal the ratio) | goal | verdict |",
+              "| # | target | measured (median of the paired ratios, one per round and pass; min–max; each side's own median, whose quotient need not equal the ratio) | goal | verdict |",
               "|---|---|---|---|---|"]  # fmt: skip
     for v in data.get("targets", []):
         lines.append(f"| {v['id']} | {v['target']} | {fmt_ratio(v)} | {_goal(v)} | {_state(v)} |")
