@@ -269,6 +269,28 @@ def round_order(sc: Scenario, pool: list[Target], rnd: int) -> list[Target]:
     return chain + rest[shift:] + rest[:shift]
 
 
+def round_runs(sc: Scenario, rnd: int, conns: int, passes: int) -> list[tuple[int | None, Target]]:
+    """The runs of one round at `conns` connections, in order, each with its pass (None when the
+    round has one). At 64 connections the chain is run `passes` times, back and forth (each pass's
+    runs are paired with each other: more ratios per round); then every other target, once."""
+    order = round_order(sc, [t for t in sc.targets if conns in t.conns], rnd)
+    chained = [t for t in order if t.name in sc.chain]
+    # a count-bounded target consumes ids per run, counted once a round (writes_each)
+    assert not any(t.limit for t in chained), "count-bounded targets cannot be chained"
+    passes = passes if conns > 1 and chained else 1
+    runs: list[tuple[int | None, Target]] = [
+        (p if passes > 1 else None, t) for p in range(passes) for t in (chained if p % 2 == 0 else chained[::-1])
+    ]
+    return runs + [(None, t) for t in order if t.name not in sc.chain]
+
+
+def stored_chain(sizes: list[int]) -> list[str]:
+    """3a healthz-retrieve, 3b retrieve-list (each size), 3c list at the small size with list at the big."""
+    small, big = stores.label(min(sizes)), stores.label(max(sizes))
+    return [f"healthz@{small}", f"retrieve@{small}", f"list@{small}", f"list@{big}", f"retrieve@{big}",
+            f"healthz@{big}"]  # fmt: skip
+
+
 def _is_sse(t: Target) -> bool:
     return t.sse_body is not None
 
@@ -317,16 +339,7 @@ def run_scenario(sc: Scenario, cfg: Config, tmp: Path) -> dict[str, Any]:
                     run_wrk(f"http://{HOST}:{ports[t.server]}", files[t.name], 16, 60, len(t.lines), cpu, quiet)
         for rnd in range(cfg.rounds):
             for conns in (64, 1):
-                order = round_order(sc, [t for t in sc.targets if conns in t.conns], rnd)
-                chained = [t for t in order if t.name in sc.chain]
-                # a count-bounded target consumes ids per run, counted once a round (writes_each)
-                assert not any(t.limit for t in chained), "count-bounded targets cannot be chained"
-                passes = cfg.passes if conns > 1 and chained else 1
-                # The chain `passes` times, back and forth (each pass's runs are paired with each
-                # other: more ratios per round), then the other targets once.
-                seq = [(p, t) for p in range(passes) for t in (chained if p % 2 == 0 else chained[::-1])]
-                seq += [(0, t) for t in order if t.name not in sc.chain]
-                for pas, t in seq:
+                for pas, t in round_runs(sc, rnd, conns, cfg.passes):
                     store_file = sc.files.get(t.server)
                     if store_file is not None:  # read into the OS's page cache again (see stores.warm)
                         stores.warm(store_file)
@@ -334,10 +347,10 @@ def run_scenario(sc: Scenario, cfg: Config, tmp: Path) -> dict[str, Any]:
                     if store_file is not None:
                         rec["store_cached_pct"] = stores.cached_pct(store_file)  # at the end of the run
                     rec.update(round=rnd, target=t.name, conns=conns, server=t.server, group=t.group)
-                    if passes > 1:
+                    if pas is not None:
                         rec["pass"] = pas
                     runs.append(rec)
-                    log(f"{sc.key} r{rnd}{f'.{pas}' if passes > 1 else ''} c{conns} {t.name}: {_brief(rec)}")
+                    log(f"{sc.key} r{rnd}{'' if pas is None else f'.{pas}'} c{conns} {t.name}: {_brief(rec)}")
         if sc.evaluate is not None:
             verdicts = sc.evaluate(sc, runs)
             if cfg.profile:
@@ -763,10 +776,7 @@ def stored_scenario(kind: str, cfg: Config, tmp: Path, pg: stores.Postgres | Non
                                   baseline=f"healthz@{lab}"))  # fmt: skip
     sc = Scenario(f"stored-{kind}", f"Stored completions on {'SQLite' if kind == 'sqlite' else 'PostgreSQL'}",
                   f"healthz@{stores.label(cfg.sizes[0])}", servers, targets, extra=extra)  # fmt: skip
-    # 3a healthz-retrieve, 3b retrieve-list (each size), 3c list at the small size with list at the big
-    small, big = stores.label(min(cfg.sizes)), stores.label(max(cfg.sizes))
-    sc.chain = [f"healthz@{small}", f"retrieve@{small}", f"list@{small}", f"list@{big}", f"retrieve@{big}",
-                f"healthz@{big}"]  # fmt: skip
+    sc.chain = stored_chain(cfg.sizes)
     if pg is not None:
         sc.cpu["postgres"] = pg.cpu_seconds
     sc.evaluate = lambda s, runs: evaluate_stored(s, runs, kind, cfg)
