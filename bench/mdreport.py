@@ -81,7 +81,17 @@ def _goal(v: dict[str, Any]) -> str:
 
 
 def _state(v: dict[str, Any]) -> str:
-    return "n/a" if v["met"] is None else ("**met**" if v["met"] else "**missed**")
+    return "n/a" if v["met"] is None else ("**met**" if v["met"] else "**missed**") + _within(v)
+
+
+def _within(v: dict[str, Any]) -> str:
+    """How many of the paired ratios (1b: of the rounds) are on the goal's side: a verdict whose
+    pairs fall on both sides is decided by the noise as much as by the code."""
+    values = (v.get("detail") or {}).get("values") or []
+    if v["op"] not in (">=", "<=") or len(values) < 2:
+        return ""
+    good = sum(x >= v["threshold"] if v["op"] == ">=" else x <= v["threshold"] for x in values)
+    return f", {good} of {len(values)} {'rounds' if v['id'].startswith('1b') else 'pairs'}"
 
 
 def write(data: dict[str, Any], json_path: Path, md_path: Path) -> None:
@@ -135,7 +145,7 @@ def render(data: dict[str, Any], json_path: Path, md_path: Path) -> str:
     if skipped:
         lines.append("- **Skipped:** " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     lines += ["", "## Targets", "",
-              "| # | target | measured (median of the paired ratios, one per round and pass; min–max; each side's own median, whose quotient need not equal the ratio) | goal | verdict |",
+              "| # | target | measured (median of the paired ratios, one per round and pass; min–max; each side's own median, whose quotient need not equal the ratio) | goal | verdict (and how many pairs meet the goal) |",
               "|---|---|---|---|---|"]  # fmt: skip
     for v in data.get("targets", []):
         lines.append(f"| {v['id']} | {v['target']} | {fmt_ratio(v)} | {_goal(v)} | {_state(v)} |")
