@@ -2,32 +2,66 @@
 
 import asyncio
 import gc
+import weakref
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
+from aiohttp import web
+
+from storegate.cli import main
 from storegate.cli.main import GC_YOUNG_THRESHOLD, _settle_gc
+from storegate.settings import from_sources
 
 
-def test_settling_freezes_startup_and_raises_only_the_young_threshold() -> None:
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def gc_restored() -> Iterator[None]:
     before = gc.get_threshold()
     try:
-        asyncio.run(_settle_gc(object()))
-        assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+        yield
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
 
 
-def test_cyclic_garbage_made_after_settling_is_still_collected() -> None:
+def test_settling_collects_startup_garbage_freezes_the_rest_and_raises_only_the_young_threshold(
+    gc_restored: None,
+) -> None:
     before = gc.get_threshold()
+    startup_garbage = Cycle()
+    collected = weakref.ref(startup_garbage)
+    del startup_garbage
+    live = Cycle()
+    asyncio.run(_settle_gc(object()))
+    assert collected() is None  # collected, not frozen
+    assert gc.get_freeze_count() > 0 and gc.is_tracked(live)
+    assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+
+
+def test_cycles_made_after_settling_are_still_collected_automatically(gc_restored: None) -> None:
+    asyncio.run(_settle_gc(object()))
+    garbage = Cycle()
+    collected = weakref.ref(garbage)
+    del garbage
+    kept = [[] for _ in range(GC_YOUNG_THRESHOLD + 1000)]  # new tracked objects: past the threshold
+    assert collected() is None  # a young collection ran on its own
+    del kept
+
+
+def test_serve_settles_after_the_app_has_started(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    started: list[web.Application] = []
+    monkeypatch.setattr(web, "run_app", lambda app, **_: started.append(app))
+    settings = from_sources({"db": f"sqlite:///{tmp_path}/s.db", "backend_url": "http://127.0.0.1:9/v1"}, {})
     try:
-        asyncio.run(_settle_gc(object()))
-
-        class Node:
-            def __init__(self) -> None:
-                self.me = self
-
-        Node()
-        assert gc.collect() >= 1  # the frozen startup objects are skipped, not the new cycle
+        assert main.serve(settings) == 0
     finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
+        asyncio.get_event_loop_policy().get_event_loop().close()  # serve's own, never run here
+        asyncio.set_event_loop(None)
+    (app,) = started
+    hooks = list(app.on_startup)
+    assert hooks[-1] is _settle_gc and len(hooks) >= 2  # after the cleanup context's startup

@@ -3,8 +3,10 @@ reuse and when not to, bodies ended by a close, [DONE] without the end of the me
 none while we stopped reading), error bodies, and every way a response can break."""
 
 import asyncio
+import gc
 import re
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -392,3 +394,38 @@ def test_a_second_answer_to_one_request_is_not_taken_and_the_connection_is_dropp
     extra = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
     script = Script(send(HEAD + events(b"1") + END + extra), send(HEAD + events(b"2") + END))
     two_in_a_row(script, [b"1"], [b"2"], connections=2)
+
+
+def test_a_finished_exchange_lets_go_of_its_sink() -> None:
+    """Neither an idle connection nor a dropped one keeps what its last sink reaches (in storegate, the
+    stream's request and text): freed by reference counting alone, with the cycle collector off."""
+
+    class Stream:
+        def sink(self, data: bytes) -> None:
+            pass
+
+    async def main() -> None:
+        script = Script(send(HEAD + events(b"1") + END), send(HEAD + events(b"2") + b"5\r\nda", close=True))
+        server, port = await serve(script)
+        async with server:
+            pool = pool_for(port)
+            for kept_alive in (True, False):
+                stream = Stream()
+                gone = weakref.ref(stream)
+                response = await pool.request(b"{}", {})
+                response.attach(stream.sink)
+                try:
+                    await response.done()
+                except BackendFailed:
+                    assert not kept_alive
+                response.close()
+                del stream, response
+                assert gone() is None, "kept alive" if kept_alive else "dropped"
+            pool.close()
+
+    gc.collect()
+    gc.disable()
+    try:
+        run(main())
+    finally:
+        gc.enable()

@@ -361,6 +361,12 @@ class _Connection(asyncio.Protocol):
         self._finish_pending = False
         self._stop_timers()
         self._response = None
+        # Nothing of this exchange outlives it: an idle connection must not keep its last stream
+        # (the sink's closure reaches the request's body and the reassembled text), nor a dropped
+        # one, which the parser and this protocol keep alive in a reference cycle until the cycle
+        # collector runs (serve raises its threshold: cli/main.py).
+        self._sink, self._early, self._events, self._other = None, [], None, []
+        self.sink_failure = None
         self.resume()  # a pooled connection must read its next answer
         if self._complete and self._keep_alive and not self._failed and self.transport is not None:
             self._pool.give_back(self)

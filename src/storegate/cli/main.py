@@ -114,13 +114,20 @@ GC_YOUNG_THRESHOLD = 50_000
 
 
 async def _settle_gc(app: object) -> None:
-    """Keep the cycle collector off the request path. A request makes no cyclic garbage (measured:
-    none collected under load), but with CPython's default threshold (700 net allocations) the objects
-    of 64 requests in flight set off a young collection every ~16 creates, each traversing those
-    objects (~0.57 ms of CPU), and now and then a full one over every object since import (~27 ms).
-    So: collect once, freeze what startup made (a full collection no longer walks it), and collect
-    the young generation after 50,000 net allocations instead of 700. Cyclic garbage is still
-    collected, later; the most it can hold back is those objects (a few MB)."""
+    """Keep the cycle collector off the request path (measured on CPython 3.11: bench/analysis/
+    2026-11-27T1524Z.md). With the default threshold of 700 net allocations, the objects of 64
+    creates in flight set off a young collection every ~16 creates (~0.57 ms of CPU each, ~50 us a
+    create), and about once a second a full one walked every object made since import (~27 ms, the
+    event loop stalled).
+
+    So: collect once, freeze what startup made (a full collection no longer walks it; anything frozen
+    is never collected, and startup's objects live as long as the process), and let young objects
+    reach 50,000 before a collection (at 64 connections 5,000 already left two collections in 6 s;
+    long streams keep more objects alive at once). A successful request or stream makes no cyclic
+    garbage. A failed stream leaves ~15 small objects in a cycle (its backend connection and parser,
+    two futures, the error), none of the request's data (backends/stream.py `finish`,
+    service/streaming.py); aiohttp's 404 and 405 answers leave ~50. Those wait for a collection: at
+    most ~50,000 objects of them."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()

@@ -88,7 +88,9 @@ class ChatStream:
         try:
             await response.done()
         except StoregateError as exc:
-            failure = exc
+            # Without its traceback: that holds this frame, which holds `failure` (and through it the
+            # stream and the request), a cycle only the cycle collector would free.
+            failure = exc.with_traceback(None)
         finally:
             if self._draining is not None:
                 self._draining.cancel()

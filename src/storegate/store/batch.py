@@ -40,7 +40,12 @@ class Batcher(Generic[K, V]):
             current = self._open = (batch, task)
         answer: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         current[0].append((item, answer))
-        return await answer
+        try:
+            return await answer
+        finally:
+            # A failed answer's traceback holds this frame: without `answer` in it, no reference cycle
+            # (future -> exception -> traceback -> frame -> future) waits for the cycle collector.
+            del answer, current
 
     async def close(self) -> None:
         """No new asks; the batches under way finish (their callers get their answers)."""

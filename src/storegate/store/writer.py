@@ -117,11 +117,15 @@ class Writer:
                         outcomes += _transaction(conn, [item])
                     except Exception as one:
                         outcomes.append((item[1], None, one))
+                del item
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(_resolve, outcomes)
         except RuntimeError:
             log.warning("event loop closed before %d write results were delivered", len(outcomes))
+        # A failure's traceback holds this frame: without these in it, no reference cycle keeps the
+        # batch's records until the cycle collector runs (serve raises its threshold: cli/main.py).
+        del outcomes, batch
 
 
 def _transaction(conn: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
