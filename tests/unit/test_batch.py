@@ -1,7 +1,9 @@
 """The Batcher: asks of one event-loop pass answered by one call, and never an ask left waiting."""
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections.abc import Coroutine
 from typing import Any
 
@@ -119,3 +121,31 @@ def test_close_lets_batches_under_way_answer_and_refuses_new_asks() -> None:
             await batcher.ask(4)
 
     run(main())
+
+
+def test_a_failed_batch_leaves_nothing_for_the_cycle_collector() -> None:
+    """The asks' items are freed by reference counting alone once their callers have their errors:
+    no failure's traceback keeps a frame that keeps the batch (the first caller's included)."""
+
+    class Item:
+        pass
+
+    async def answer(items: list[Item]) -> list[int]:
+        raise StoreUnavailable("down")
+
+    async def main() -> list["weakref.ref[Item]"]:
+        batcher: Batcher[Item, int] = Batcher(answer, 4)
+        items = [Item() for _ in range(6)]
+        refs = [weakref.ref(i) for i in items]
+        results = await asyncio.gather(*(batcher.ask(i) for i in items), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in results)
+        del items, results
+        return refs
+
+    gc.collect()
+    gc.disable()
+    try:
+        refs = asyncio.run(main())
+        assert [r() for r in refs] == [None] * 6
+    finally:
+        gc.enable()

@@ -33,19 +33,23 @@ class Batcher(Generic[K, V]):
             raise StoreUnavailable("the store is closing")
         current = self._open
         if current is None or len(current[0]) >= self._max or current[1].done():
-            batch: Batch[K, V] = []
-            task = asyncio.ensure_future(self._run(batch))
-            self._running.add(task)  # the loop keeps only a weak reference to a task
-            task.add_done_callback(lambda done: self._ended(done, batch))
-            current = self._open = (batch, task)
+            current = self._open = self._start()
         answer: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         current[0].append((item, answer))
         try:
             return await answer
         finally:
-            # A failed answer's traceback holds this frame: without `answer` in it, no reference cycle
-            # (future -> exception -> traceback -> frame -> future) waits for the cycle collector.
+            # A failed answer's traceback holds this frame: with neither the answer nor its batch in
+            # it, no reference cycle (future -> exception -> traceback -> frame -> future) waits for
+            # the cycle collector (serve raises its threshold: cli/main.py).
             del answer, current
+
+    def _start(self) -> tuple[Batch[K, V], "asyncio.Task[None]"]:
+        batch: Batch[K, V] = []
+        task = asyncio.ensure_future(self._run(batch))
+        self._running.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(lambda done: self._ended(done, batch))
+        return batch, task
 
     async def close(self) -> None:
         """No new asks; the batches under way finish (their callers get their answers)."""
