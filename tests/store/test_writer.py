@@ -1,6 +1,9 @@
 """The SQLite writer's group commit: one failing write in a batch fails alone."""
 
 import asyncio
+import gc
+import sqlite3
+import weakref
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,7 @@ import pytest
 from storegate.errors import StoreUnavailable
 from storegate.store import MessagesQuery
 from storegate.store.sqlite import SQLiteStore
+from storegate.store.writer import Grouped, Writer
 from tests.store.test_contract import completion
 
 
@@ -68,3 +72,37 @@ def test_close_flushes_pending_writes(tmp_path: Path, count: int) -> None:
             await reopened.close()
 
     assert len(asyncio.run(main())) == count
+
+
+def test_a_failed_group_commit_leaves_nothing_for_the_cycle_collector(tmp_path: Path) -> None:
+    """Once their callers have their errors, the failed writes are freed by reference counting alone:
+    no failure's traceback keeps a writer frame that keeps the batch (serve raises the collector's
+    threshold, cli/main.py)."""
+
+    class Record:
+        pass
+
+    def fail(conn: sqlite3.Connection, items: list[Record]) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async def main() -> list["weakref.ref[Record]"]:
+        writer = Writer(lambda: sqlite3.connect(tmp_path / "g.db", check_same_thread=False), 100)
+        writer.start(asyncio.get_running_loop())
+        try:
+            records = [Record() for _ in range(5)]
+            refs = [weakref.ref(r) for r in records]
+            futures = [writer.submit(Grouped(fail, r)) for r in records]  # one batch: replayed one by one
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+            del records, futures, results
+        finally:
+            await writer.stop()
+        return refs
+
+    gc.collect()
+    gc.disable()
+    try:
+        refs = asyncio.run(main())
+        assert [r() for r in refs] == [None] * 5
+    finally:
+        gc.enable()

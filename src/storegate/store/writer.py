@@ -11,6 +11,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -87,19 +88,26 @@ class Writer:
                 first = self._queue.get()
                 if first is None:
                     break
-                batch = [first]
-                while len(batch) < _BATCH_MAX:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stopping = True
-                        break
-                    batch.append(item)
+                # Not kept in this frame once committed: a failure's traceback reaches this frame too.
+                batch, stopping = self._take(first)
                 self._commit(conn, batch)
+                del first, batch
         finally:
             conn.close()
+
+    def _take(self, first: _Item) -> tuple[list[_Item], bool]:
+        """The batch that `first` opens: what is queued behind it, up to _BATCH_MAX; True if the stop
+        signal came among them."""
+        batch = [first]
+        while len(batch) < _BATCH_MAX:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         try:
@@ -118,13 +126,17 @@ class Writer:
                     except Exception as one:
                         outcomes.append((item[1], None, one))
                 del item
+        for _, _, error in outcomes:
+            if error is not None:
+                _drop_locals(error)
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(_resolve, outcomes)
         except RuntimeError:
             log.warning("event loop closed before %d write results were delivered", len(outcomes))
-        # A failure's traceback holds this frame: without these in it, no reference cycle keeps the
-        # batch's records until the cycle collector runs (serve raises its threshold: cli/main.py).
+        # A failure's traceback holds this frame and those below it (cleared above): without these in
+        # it, no reference cycle keeps the batch's records until the cycle collector runs (serve
+        # raises its threshold: cli/main.py).
         del outcomes, batch
 
 
@@ -161,6 +173,18 @@ def _runs(batch: list[_Item]) -> list[list[_Item]]:
         else:
             runs.append([item])
     return runs
+
+
+def _drop_locals(failure: BaseException) -> None:
+    """The finished frames in a failure's tracebacks (its own and those of the failures it follows: a
+    replayed write's holds the group's) drop their locals, so none reaches back to the failure; the
+    tracebacks still print."""
+    seen: set[int] = set()
+    error: BaseException | None = failure
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def _resolve(outcomes: list[_Outcome]) -> None:
