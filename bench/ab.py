@@ -14,8 +14,8 @@ scenarios only; PostgreSQL's CPU per request is reported too: the whole cluster'
 processes alive at both ends of a run, so approximate) or each on a fresh SQLite file (creates), or each on its own copy of the store (`mixed`: the soak's
 ½ create store=true, ¼ list, ¼ retrieve, so reads follow commits), with one fake backend behind both. Every round runs each scenario against both, in
 an order that flips per round, so a neighbour's noise lands on both sides alike. Reported per
-scenario: req/s and storegate CPU per request (process total, and the threads other than the event
-loop, i.e. SQLite's writer and reader threads; none on PostgreSQL) for each side, medians over rounds, and the median
+scenario: req/s and storegate CPU per request (its process group's total, and all but the event
+loop's thread, i.e. the SQLite writer process and the reader thread; none on PostgreSQL) for each side, medians over rounds, and the median
 (min-max) of the per-round ratio new/base, and both sides' p99 latency (ms, median over rounds). The machine is shared: trust ratios, not absolutes, and
 a ratio only when its min-max range is narrow.
 
@@ -43,7 +43,7 @@ sys.path[:0] = [str(HERE), str(HERE / "stack"), str(HERE / "million")]
 
 import harness  # noqa: E402
 import stores  # noqa: E402
-from procs import CLK_TCK, Server, free_port  # noqa: E402  (bench/stack)
+from procs import CLK_TCK, Server, free_port, group_pids  # noqa: E402  (bench/stack)
 from wrkrun import run_sse, run_wrk, write_lines  # noqa: E402
 
 STORED = ("healthz", "retrieve", "list", "list_user", "messages")
@@ -53,18 +53,20 @@ MIXED = "mixed"  # the soak's mix (harness.soak): reads that follow commits, as 
 
 
 def _threads_cpu(pid: int) -> tuple[float, float]:
-    """(whole process, all threads but the main one) CPU seconds of one process."""
+    """(whole process group, all but the event loop's thread) CPU seconds of a server: its threads and
+    processes (storegate's SQLite writer is a process of its own)."""
     total = other = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            raw = (task / "stat").read_text()
-        except OSError:
-            continue
-        f = raw[raw.rfind(")") + 2 :].split()
-        secs = (int(f[11]) + int(f[12])) / CLK_TCK
-        total += secs
-        if int(task.name) != pid:
-            other += secs
+    for member in group_pids(pid):
+        for task in Path(f"/proc/{member}/task").iterdir():
+            try:
+                raw = (task / "stat").read_text()
+            except OSError:
+                continue
+            f = raw[raw.rfind(")") + 2 :].split()
+            secs = (int(f[11]) + int(f[12])) / CLK_TCK
+            total += secs
+            if int(task.name) != pid:
+                other += secs
     return total, other
 
 
@@ -202,7 +204,7 @@ def main() -> int:
 
         new_args = f" with {' '.join(args.new_serve_arg)}" if args.new_serve_arg else ""
         print(f"\nbase {args.base} vs {args.new or 'the working tree'}{new_args}; c={args.conns}, {args.seconds} s runs, {args.rounds} rounds; "
-              f"medians (CPU = storegate's, us per request; 'threads' = all but the event loop)")  # fmt: skip
+              f"medians (CPU = storegate's, us per request; 'threads' = all but the event loop's thread)")  # fmt: skip
         print(f"{'scenario':<16}{'base req/s':>12}{'new req/s':>12}  {'new/base (min-max)':<22}"
               f"{'base cpu':>10}{'new cpu':>10}{'base thr':>10}{'new thr':>10}{'base p99':>10}{'new p99':>10}")  # fmt: skip
         if any(s in STREAMS for s in args.scenarios):

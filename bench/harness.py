@@ -49,7 +49,7 @@ import orjson  # noqa: E402
 import peers  # noqa: E402
 import spy  # noqa: E402
 import stores  # noqa: E402
-from procs import Server, free_port, group_cpu_seconds  # noqa: E402  (bench/stack)
+from procs import Server, free_port, group_cpu_seconds, group_pids  # noqa: E402  (bench/stack)
 from wrkrun import run_sse, run_wrk, write_lines  # noqa: E402
 
 PY = sys.executable
@@ -208,13 +208,17 @@ def start_servers(servers: Sequence[Server], *healthz_ports: int) -> None:
 
 
 def rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    """The RSS of the process group `pid` leads (started with start_new_session): storegate and its
+    SQLite writer process together."""
+    total = None
+    for member in group_pids(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total = (total or 0) + int(line.split()[1])
+        except OSError:
+            continue
+    return total
 
 
 # ------------------------------------------------------------------------------------------ runner

@@ -2,8 +2,9 @@
 
 `py-spy record --format raw` writes collapsed stacks ("frame;frame;... count"); we keep the top
 frames by own time (where the CPU goes) and by inclusive time restricted to storegate's own code
-(which of our functions the time is spent under), the share of each thread (the event loop vs
-storegate's SQLite writer thread), plus the raw file in the run's results. Percentages are of all
+(which of our functions the time is spent under), the share of each thread (the event loop, the
+SQLite reader thread, and storegate's SQLite writer process: py-spy follows subprocesses), plus the
+raw file in the run's results. Percentages are of all
 samples of all threads; py-spy samples a thread only while it is not idle. Own time in the
 outermost frame (`run_app (aiohttp/web.py)`) is time in uvloop's C event loop itself (socket
 reads and writes, polling, callbacks' C parts), which has no Python frame of its own.
@@ -46,7 +47,7 @@ class Recorder:
             self.error = "py-spy not installed"
             return
         argv = [exe, "record", "-p", str(self.pid), "-d", str(max(1, round(self.seconds))), "-r", str(self.rate),
-                "-f", "raw", "-o", str(self.out), "--nonblocking", "--threads"]  # fmt: skip
+                "-f", "raw", "-o", str(self.out), "--nonblocking", "--threads", "--subprocesses"]  # fmt: skip
 
         def run() -> None:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=self.seconds + 60, check=False)
@@ -91,7 +92,16 @@ def summarise(path: Path, top: int = 12) -> dict[str, Any]:
         n = int(count)
         total += n
         frames = stack.split(";")
-        if frames[0].startswith("thread ("):
+        # --subprocesses: 'process PID:"argv"' first, then the child's, if a child's stack
+        procs = 0
+        while procs < len(frames) - 1 and frames[procs].startswith("process "):
+            procs += 1
+        writer = any("sqlite_writer" in f for f in frames[:procs])
+        frames = frames[procs:]
+        if writer:
+            threads["SQLite writer process"] += n
+            frames = frames[1:] if frames[0].startswith("thread (") and len(frames) > 1 else frames
+        elif frames[0].startswith("thread ("):
             name = frames[0].split(": ", 1)[-1]
             threads["event loop (MainThread)" if name == "MainThread" else f"thread {name}"] += n
             frames = frames[1:] or frames

@@ -337,7 +337,7 @@ async def load(url: str, n: int, store_kind: str, chunk: int, concurrency: int) 
 
     try:
         if store_kind == "sqlite":
-            # Two chunks in flight: the writer thread commits one (group commits of up to 512) while
+            # Two chunks in flight: the writer process commits one (group commits of up to 512) while
             # the event loop builds the next.
             pending: asyncio.Future[Any] | None = None
             for start in range(0, n, chunk):

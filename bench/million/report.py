@@ -188,7 +188,7 @@ def render(res: dict[str, Any], json_name: str) -> str:
         " storegate's own `stored_body()`, 2–4 input messages, metadata `{user: one of 1000, env: one of 3,"
         " batch: i // 1000}`, 2 models (plus the reported model), ids 2.6 s apart so 1M spans 30 days. They are"
         " inserted through the real `Store.insert()` (SQLite: `asyncio.gather` over chunks of"
-        f" {cfg.get('sqlite_chunk')}, two chunks in flight, so the writer thread group-commits up to 512;"
+        f" {cfg.get('sqlite_chunk')}, two chunks in flight, so the SQLite writer group-commits up to 512;"
         f" PostgreSQL: {cfg.get('pg_concurrency')} concurrent inserts on the store's pool), then cached in"
         " `bench/million/data/`. Each database is then served by its own `storegate serve --db URL"
         " --backend http://127.0.0.1:9/v1` process and driven by `wrk -t1` with `rotate.lua`, which cycles"

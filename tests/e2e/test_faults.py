@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -120,13 +121,23 @@ def _limit_file_size(pid: int, size: int | str) -> None:
     subprocess.run(["prlimit", f"--pid={pid}", f"--fsize={size}:"], check=True)
 
 
+def _writer_pid(pid: int) -> int:
+    """The SQLite writer process of the storegate server `pid` (its one child)."""
+    children = [
+        int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()
+    ]
+    assert len(children) == 1, children
+    return children[0]
+
+
 def test_sqlite_write_failure_is_503_and_recovers(fake: FakeBackend) -> None:
     sg = Storegate(fake.url).start()
     assert sg.proc is not None
     try:
         with httpx.Client(base_url=sg.url, timeout=15) as http:
             before = http.post("/v1/chat/completions", json=BODY).json()["id"]
-            _limit_file_size(sg.proc.pid, 1)  # the disk is "full": no file may grow
+            writer = _writer_pid(sg.proc.pid)
+            _limit_file_size(writer, 1)  # the disk is "full": no file may grow
             failed = [
                 http.post("/v1/chat/completions", json={**BODY, "metadata": {"i": str(i)}}) for i in range(5)
             ]
@@ -135,7 +146,7 @@ def test_sqlite_write_failure_is_503_and_recovers(fake: FakeBackend) -> None:
                 r.json()["error"]["type"] == "store_unavailable" and r.headers["Retry-After"] for r in failed
             )
             assert http.get(f"/v1/chat/completions/{before}").status_code == 200, "reads still work"
-            _limit_file_size(sg.proc.pid, "unlimited")
+            _limit_file_size(writer, "unlimited")
             after = http.post("/v1/chat/completions", json=BODY)
             assert after.status_code == 200
             ids = [c["id"] for c in http.get("/v1/chat/completions?limit=100").json()["data"]]

@@ -1,8 +1,10 @@
 """The SQLite store: reads run directly on the event loop (fastest, measured); writes go to one
-writer thread in group commits (store/writer.py). WAL mode, so reads never wait for writes.
+writer process in group commits (store/writer.py says why a process; store/sqlite_writer.py is
+it). WAL mode, so reads never wait for writes.
 """
 
 import asyncio
+import json
 import logging
 import os
 import sqlite3
@@ -27,7 +29,7 @@ from storegate.store.base import (
 )
 from storegate.store.migrate import apply_sqlite
 from storegate.store.sql import COUNT_CAP, Filter, count_sql, filters, list_sql, tags
-from storegate.store.writer import Grouped, Writer, WriterOverloaded
+from storegate.store.writer import Grouped, Op, Writer, WriterOverloaded, process_argv
 
 log = logging.getLogger(__name__)
 Rows = list[Any]
@@ -58,7 +60,9 @@ class SQLiteStore:
         self._path = path
         self._synchronous = synchronous.upper()
         self._cache_kib = cache_mib * 1024
-        self._writer = Writer(self._connect_writer, queue_max)
+        config = json.dumps({"path": path, "synchronous": self._synchronous, "cache_kib": self._cache_kib,
+                             "log_level": logging.getLogger("storegate").getEffectiveLevel()})  # fmt: skip
+        self._writer = Writer(process_argv("storegate.store.sqlite_writer", config), queue_max)
         self._reader: sqlite3.Connection | None = None
         self._aside: sqlite3.Connection | None = None  # used only in _aside_pool's one thread
         self._aside_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storegate-sqlite-reader")
@@ -71,22 +75,13 @@ class SQLiteStore:
     def migrations_applied(self) -> list[int]:
         return self._applied
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        # Measured (bench/): SQLite's default 2 MiB cache made a retrieve on a 56 MB store cost
-        # ~70 us in page reads from the OS; a cache that holds the hot B-tree pages makes it ~30 us.
-        conn.execute(f"PRAGMA cache_size = -{self._cache_kib}")
-        return conn
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's, while it runs."""
+        return self._writer.pid
 
-    def _connect_writer(self) -> sqlite3.Connection:
-        conn = self._connect()
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        # Readers hold a snapshot per event-loop pass (_snapshot), so under steady reads and writes
-        # the WAL restarts less often and grows past wal_autocheckpoint's ~4 MB (measured: 15-27 MB
-        # under 90 s of mixed load, then flat); once it restarts, it is cut back to this size.
-        conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")
-        return conn
+    def _connect(self) -> sqlite3.Connection:
+        return connect(self._path, self._cache_kib)
 
     async def open(self) -> None:
         try:
@@ -105,9 +100,9 @@ class SQLiteStore:
             self._key_triggers = self._reader.execute(_KEY_TRIGGERS).fetchone()[0] == len(KEY_TRIGGERS)
             if not self._key_triggers:
                 log.warning("the triggers on api_keys are missing: every request will look its key up")
+            await self._writer.start()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self._path}: {exc}") from exc
-        self._writer.start(asyncio.get_running_loop())
 
     async def close(self) -> None:
         await self._writer.stop()
@@ -127,7 +122,7 @@ class SQLiteStore:
             db.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
 
     async def insert(self, completion: NewCompletion) -> None:
-        await self._write(Grouped(_insert_many, completion))
+        await self._write("insert", *_fields(completion))
 
     async def get(self, project: str, completion_id: str) -> Row | None:
         # The hottest read: no context manager, a plain try (measured: ~2 us of 16 per call).
@@ -155,11 +150,11 @@ class SQLiteStore:
         return rendered(await self.list(query))
 
     async def update_metadata(self, project: str, completion_id: str, metadata: dict[str, str]) -> Row | None:
-        result: Row | None = await self._write(lambda conn: _update(conn, project, completion_id, metadata))
+        result: Row | None = await self._write("update", project, completion_id, metadata)
         return result
 
     async def delete(self, project: str, completion_id: str) -> bool:
-        return bool(await self._write(lambda conn: _delete(conn, project, completion_id)))
+        return bool(await self._write("delete", project, completion_id))
 
     async def list_messages(self, query: MessagesQuery) -> Page[tuple[int, bytes]] | None:
         cmp = ">" if query.order == "asc" else "<"
@@ -179,14 +174,11 @@ class SQLiteStore:
         return Page([(r[0], r[1]) for r in rows[: query.limit]], len(rows) > query.limit)
 
     async def purge(self, before_id: str, project: str | None, exclude: tuple[str, ...], limit: int) -> int:
-        purged: int = await self._write(lambda conn: _purge(conn, before_id, project, exclude, limit))
+        purged: int = await self._write("purge", before_id, project, exclude, limit)
         return purged
 
     async def add_key(self, key: ApiKey, secret_hash: bytes) -> None:
-        await self._write(lambda conn: conn.execute(
-            "INSERT INTO api_keys (id, project, hash, prefix, rpm, created) VALUES (?, ?, ?, ?, ?, ?)",
-            (key.id, key.project, secret_hash, key.prefix, key.rpm, key.created),
-        ))  # fmt: skip
+        await self._write("add_key", key.id, key.project, secret_hash, key.prefix, key.rpm, key.created)
 
     async def list_keys(self) -> tuple[ApiKey, ...]:
         with self._reading() as db:
@@ -194,9 +186,7 @@ class SQLiteStore:
         return tuple(ApiKey(*r) for r in rows)
 
     async def revoke_key(self, key_id: str, when: int) -> bool:
-        return bool(await self._write(lambda conn: conn.execute(
-            "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (when, key_id)
-        ).rowcount))  # fmt: skip
+        return bool(await self._write("revoke_key", key_id, when))
 
     async def find_key(self, secret_hash: bytes) -> tuple[ApiKey | None, bool]:
         with self._reading() as db:
@@ -208,9 +198,7 @@ class SQLiteStore:
         return (ApiKey(*rows[:7]) if rows[0] is not None else None), bool(rows[7])
 
     async def touch_key(self, key_id: str, when: int) -> None:
-        await self._write(
-            lambda conn: conn.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (when, key_id))
-        )
+        await self._write("touch_key", key_id, when)
 
     def key_epoch(self) -> object:
         """The key generation: a counter that triggers on api_keys move on every change to a key
@@ -295,9 +283,10 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the store could not answer: {exc}") from exc
 
-    async def _write(self, op: Any) -> Any:
+    async def _write(self, name: str, *args: Any) -> Any:
+        """Run the command `name` (WRITES) in the writer process; its result once committed."""
         try:
-            future = self._writer.submit(op)
+            future = self._writer.submit(name, *args)
         except WriterOverloaded:
             raise StoreUnavailable("the store is overloaded; retry shortly", retry_after=1) from None
         try:
@@ -345,6 +334,54 @@ def compact(path: str) -> tuple[int, int, int, int, list[int]]:
     finally:
         conn.close()
     return before, os.path.getsize(path), old_page, new_page, applied
+
+
+def connect(path: str, cache_kib: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    # Measured (bench/): SQLite's default 2 MiB cache made a retrieve on a 56 MB store cost
+    # ~70 us in page reads from the OS; a cache that holds the hot B-tree pages makes it ~30 us.
+    conn.execute(f"PRAGMA cache_size = -{cache_kib}")
+    return conn
+
+
+def connect_writer(path: str, cache_kib: int, synchronous: str) -> sqlite3.Connection:
+    """The writer process's connection (store/sqlite_writer.py)."""
+    conn = connect(path, cache_kib)
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    # Readers hold a snapshot per event-loop pass (_snapshot), so under steady reads and writes
+    # the WAL restarts less often and grows past wal_autocheckpoint's ~4 MB (measured: 15-27 MB
+    # under 90 s of mixed load, then flat); once it restarts, it is cut back to this size.
+    conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")
+    return conn
+
+
+def _fields(c: NewCompletion) -> tuple[Any, ...]:
+    """A new completion as the writer process gets it (WRITES["insert"]): its fields, in order (a
+    tuple pickles in ~2 us; the dataclass took more)."""
+    return (c.project, c.id, c.created, c.model, c.response_model, c.backend, c.backend_id, c.incomplete,
+            c.metadata, c.body, c.request, c.messages)  # fmt: skip
+
+
+def write(name: str, args: tuple[Any, ...]) -> Op:
+    """The write a command names, as the writer process runs it (writer.serve)."""
+    return WRITES[name](*args)
+
+
+def _add_key(conn: sqlite3.Connection, *key: Any) -> None:
+    conn.execute(
+        "INSERT INTO api_keys (id, project, hash, prefix, rpm, created) VALUES (?, ?, ?, ?, ?, ?)", key
+    )
+
+
+def _revoke_key(conn: sqlite3.Connection, key_id: str, when: int) -> int:
+    return conn.execute(
+        "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (when, key_id)
+    ).rowcount
+
+
+def _touch_key(conn: sqlite3.Connection, key_id: str, when: int) -> None:
+    conn.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (when, key_id))
 
 
 def _insert_many(conn: sqlite3.Connection, completions: list[NewCompletion]) -> None:
@@ -433,3 +470,19 @@ def _rarest_first(db: sqlite3.Connection, project: str, walk: list[Filter]) -> l
     if 0 in counts:
         return []
     return [f for _, f in sorted(zip(counts, walk, strict=True), key=lambda pair: pair[0])]
+
+
+def _command(run: Callable[..., Any]) -> Callable[..., Op]:
+    return lambda *args: lambda conn: run(conn, *args)
+
+
+# The writes the server sends its writer process, by name (SQLiteStore._write).
+WRITES: dict[str, Callable[..., Op]] = {
+    "insert": lambda *fields: Grouped(_insert_many, NewCompletion(*fields)),
+    "update": _command(_update),
+    "delete": _command(_delete),
+    "purge": _command(_purge),
+    "add_key": _command(_add_key),
+    "revoke_key": _command(_revoke_key),
+    "touch_key": _command(_touch_key),
+}

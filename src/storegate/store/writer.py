@@ -1,24 +1,41 @@
-"""The one SQLite writer: a thread that runs queued write operations in group commits.
+"""The one SQLite writer: a process of its own that runs the server's writes in group commits.
 
 Many requests' writes share one transaction and one fsync, and consecutive writes of one kind (the
-inserts of a busy server) run as one executemany. Should anything fail, the batch is rolled back and
-replayed one write per transaction, so a failure reaches only its own caller. Nothing here runs on
-the event loop.
+inserts of a busy server) run as one `many` call. Should anything fail, the batch is rolled back and
+replayed one write per transaction, so a failure reaches only its own caller.
+
+Why a process, not a thread: a writer thread shares the event loop's GIL. It holds it to build rows
+and bind them, and it takes it back after every SQLite statement (the sqlite3 module releases it
+around each one); under load each time is the event loop's, stalled. Measured (bench/analysis/
+2026-11-27T1738Z.md), create store=true at 64 connections: a writer thread kept the loop ~17% idle,
+store=true served 0.66x of store=false; the same writes in a process served 0.83x.
+
+The server (`Writer`) sends each write as a command (a name and its arguments, pickled) over a
+socket pair; the process (`serve`, run by `python -m storegate.store.sqlite_writer`) reads what has
+come, commits it as one batch, and sends back each write's result or exception. A write is
+acknowledged only after its COMMIT returned (synchronous=FULL: on disk). If the server dies (even on
+kill -9), the process reads to the end of what was sent, commits it, and exits; if the process dies,
+the writes it had not acknowledged fail (StoreUnavailable) and a new process is started.
 """
 
 import asyncio
 import logging
-import queue
+import pickle
+import socket
 import sqlite3
-import threading
-import traceback
+import struct
+import subprocess
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
+
+from storegate.errors import StoreUnavailable
 
 log = logging.getLogger("storegate.store")
 
 Op = Callable[[sqlite3.Connection], Any]
 Many = Callable[[sqlite3.Connection, list[Any]], None]
+Build = Callable[[str, tuple[Any, ...]], Op]  # a command (name, arguments) -> the write it names
 
 
 class Grouped:
@@ -34,113 +51,40 @@ class Grouped:
         self.many(conn, [self.item])
 
 
-_Item = tuple[Op, "asyncio.Future[Any]"]
-_Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+_Outcome = tuple[Any, Any, BaseException | None]  # (the write's key, its result, its exception)
 _BATCH_MAX = 512
+_FRAME = struct.Struct("<I")  # each message: its length, then its pickle
+_RESTART_DELAY_S = 1.0
 
 
 class WriterOverloaded(Exception):
     pass
 
 
-class Writer:
-    def __init__(self, connect: Callable[[], sqlite3.Connection], queue_max: int) -> None:
-        self._connect = connect
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._queue_max = queue_max
-        self._thread = threading.Thread(target=self._run, name="storegate-sqlite-writer", daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._thread.start()
-        self._ready.wait()
-        if self._start_error is not None:
-            raise self._start_error
-
-    def submit(self, op: Op) -> "asyncio.Future[Any]":
-        assert self._loop is not None
-        if self._queue.qsize() >= self._queue_max:
-            raise WriterOverloaded
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put((op, future))
-        return future
-
-    async def stop(self) -> None:
-        """Finish every queued write, then stop."""
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._queue.put, None)
-            await asyncio.to_thread(self._thread.join)
-
-    def _run(self) -> None:
-        try:
-            conn = self._connect()
-        except BaseException as exc:
-            self._start_error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            stopping = False
-            while not stopping:
-                first = self._queue.get()
-                if first is None:
-                    break
-                # Not kept in this frame once committed: a failure's traceback reaches this frame too.
-                batch, stopping = self._take(first)
-                self._commit(conn, batch)
-                del first, batch
-        finally:
-            conn.close()
-
-    def _take(self, first: _Item) -> tuple[list[_Item], bool]:
-        """The batch that `first` opens: what is queued behind it, up to _BATCH_MAX; True if the stop
-        signal came among them."""
-        batch = [first]
-        while len(batch) < _BATCH_MAX:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                return batch, True
-            batch.append(item)
-        return batch, False
-
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
-        try:
-            outcomes = _transaction(conn, batch)
-        except Exception as exc:  # the thread must outlive any one failure
-            if len(batch) == 1:
-                outcomes = [(batch[0][1], None, exc)]
-            else:
-                log.warning(
-                    "group commit of %d writes failed (%s); replaying them one by one", len(batch), exc
-                )
-                outcomes = []
-                for item in batch:
-                    try:
-                        outcomes += _transaction(conn, [item])
-                    except Exception as one:
-                        outcomes.append((item[1], None, one))
-                del item
-        for _, _, error in outcomes:
-            if error is not None:
-                _drop_locals(error)
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(_resolve, outcomes)
-        except RuntimeError:
-            log.warning("event loop closed before %d write results were delivered", len(outcomes))
-        # A failure's traceback holds this frame and those below it (cleared above): without these in
-        # it, no reference cycle keeps the batch's records until the cycle collector runs (serve
-        # raises its threshold: cli/main.py).
-        del outcomes, batch
+def commit(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[_Outcome]:
+    """Run a batch of (write, key) in one transaction; if it fails, replay each write alone. Every
+    write gets its outcome; nothing raises."""
+    try:
+        return _transaction(conn, batch)
+    except Exception as exc:  # the writer must outlive any one failure
+        if len(batch) == 1:
+            outcomes: list[_Outcome] = [(batch[0][1], None, exc)]
+        else:
+            log.warning("group commit of %d writes failed (%s); replaying them one by one", len(batch), exc)
+            outcomes = []
+            for item in batch:
+                try:
+                    outcomes += _transaction(conn, [item])
+                except Exception as one:
+                    outcomes.append((item[1], None, one))
+            del item
+    for _, _, error in outcomes:
+        if error is not None:
+            _drop_tracebacks(error)
+    return outcomes
 
 
-def _transaction(conn: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
+def _transaction(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[_Outcome]:
     """Run the batch in one transaction; on any error roll it all back and raise."""
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -149,7 +93,7 @@ def _transaction(conn: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]
             head = run[0][0]
             if isinstance(head, Grouped):
                 head.many(conn, [op.item for op, _ in run if isinstance(op, Grouped)])
-                outcomes += [(future, None, None) for _, future in run]
+                outcomes += [(key, None, None) for _, key in run]
             else:
                 outcomes.append((run[0][1], head(conn), None))
         conn.execute("COMMIT")
@@ -163,9 +107,9 @@ def _transaction(conn: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]
     return outcomes
 
 
-def _runs(batch: list[_Item]) -> list[list[_Item]]:
+def _runs(batch: list[tuple[Op, Any]]) -> list[list[tuple[Op, Any]]]:
     """Split a batch into runs: consecutive Grouped writes of one `many` together, anything else alone."""
-    runs: list[list[_Item]] = []
+    runs: list[list[tuple[Op, Any]]] = []
     for item in batch:
         op, last = item[0], runs[-1][-1][0] if runs else None
         if isinstance(op, Grouped) and isinstance(last, Grouped) and last.many is op.many:
@@ -175,23 +119,275 @@ def _runs(batch: list[_Item]) -> list[list[_Item]]:
     return runs
 
 
-def _drop_locals(failure: BaseException) -> None:
-    """The finished frames in a failure's tracebacks (its own and those of the failures it follows: a
-    replayed write's holds the group's) drop their locals, so none reaches back to the failure; the
-    tracebacks still print."""
+def _drop_tracebacks(failure: BaseException) -> None:
+    """A failure and those it follows (a replayed write's follows the group's) lose their tracebacks:
+    each would keep commit's frame, and with it the batch and the outcomes that hold the failure, in a
+    cycle until the cycle collector ran. Nothing is lost by it: a failure reaches the server pickled,
+    which keeps neither its traceback nor its context."""
     seen: set[int] = set()
     error: BaseException | None = failure
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)
+        error.__traceback__ = None
         error = error.__cause__ or error.__context__
 
 
-def _resolve(outcomes: list[_Outcome]) -> None:
-    for future, result, error in outcomes:
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+# --- the writer process's side ---------------------------------------------------------------------
+
+
+def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
+    """Commit the commands that come on `sock` in batches, answering each batch's outcomes in one
+    message, until the server closes its side; then return."""
+    buffer = bytearray()
+    ended = False
+    while not ended:
+        ended = _receive(sock, buffer)
+        commands, used = _frames(buffer)
+        del buffer[:used]
+        for start in range(0, len(commands), _BATCH_MAX):
+            batch: list[tuple[Op, Any]] = []
+            answers: list[_Outcome] = []
+            for seq, name, args in commands[start : start + _BATCH_MAX]:
+                try:
+                    batch.append((build(name, args), seq))
+                except Exception as exc:  # a command this process cannot run: its caller's error
+                    answers.append((seq, None, exc))
+            if batch:
+                answers += commit(conn, batch)
+            _send(sock, answers)
+            del batch, answers
+
+
+def _receive(sock: socket.socket, buffer: bytearray) -> bool:
+    """Wait for data, then take all that has come; True once the server closed its side."""
+    chunk = sock.recv(1 << 20)
+    if not chunk:
+        return True
+    buffer += chunk
+    sock.setblocking(False)
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return True
+            buffer += chunk
+    except BlockingIOError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def _frames(buffer: bytearray) -> tuple[list[Any], int]:
+    """The whole messages at the start of `buffer`, unpickled, and how many bytes they took."""
+    out, pos, view = [], 0, memoryview(buffer)
+    try:
+        while len(buffer) - pos >= _FRAME.size:
+            (size,) = _FRAME.unpack_from(buffer, pos)
+            if len(buffer) - pos - _FRAME.size < size:
+                break
+            out.append(pickle.loads(view[pos + _FRAME.size : pos + _FRAME.size + size]))
+            pos += _FRAME.size + size
+    finally:
+        view.release()
+    return out, pos
+
+
+def _send(sock: socket.socket, answers: list[_Outcome]) -> None:
+    try:
+        data = pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # a result or an exception that does not pickle: say what it was instead
+        data = pickle.dumps([_picklable(a) for a in answers], protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_FRAME.pack(len(data)) + data)
+
+
+def _picklable(answer: _Outcome) -> _Outcome:
+    seq, result, error = answer
+    try:
+        pickle.dumps((result, error))
+        return answer
+    except Exception:
+        return seq, None, RuntimeError(f"the writer's answer could not be sent: {result!r} {error!r}")
+
+
+# --- the server's side -----------------------------------------------------------------------------
+
+
+class Writer:
+    """The server's handle on its writer process: `submit` a command, await its outcome."""
+
+    def __init__(self, argv: list[str], queue_max: int) -> None:
+        self._argv = argv  # runs `serve`; the socket's descriptor is appended
+        self._queue_max = queue_max
+        self._proc: asyncio.subprocess.Process | None = None
+        self._link: _Link | None = None
+        self._stopping = False
+        self._restart: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        """Start the process; raise what kept it from opening the database."""
+        ours, theirs = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._argv, str(theirs.fileno()), pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        loop = asyncio.get_running_loop()
+        try:
+            _, link = await loop.create_unix_connection(lambda: _Link(self), sock=ours)
+        except BaseException:
+            ours.close()
+            proc.kill()
+            raise
+        self._proc, self._link = proc, link
+        failure = await link.ready
+        if failure is not None:
+            await self._reap()
+            raise failure
+
+    def submit(self, name: str, *args: Any) -> "asyncio.Future[Any]":
+        link = self._link
+        if link is None or not link.open:
+            raise StoreUnavailable("the store's writer is restarting; retry shortly", retry_after=1)
+        if len(link.pending) >= self._queue_max:
+            raise WriterOverloaded
+        return link.send(name, args)
+
+    async def stop(self) -> None:
+        """Finish every write sent, then stop the process."""
+        self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
+        link = self._link
+        if link is not None:
+            link.finish()
+            await link.closed
+        await self._reap()
+
+    async def _reap(self) -> None:
+        proc, self._proc, self._link = self._proc, None, None
+        if proc is not None:
+            await proc.wait()
+
+    def _lost(self, link: "_Link") -> None:
+        """The process closed its side (it ended) while the server was not stopping: start another."""
+        if self._stopping or link is not self._link:
+            return
+        code = self._proc.returncode if self._proc is not None else None
+        log.error("the SQLite writer process ended (exit status %s); starting another", code)
+        self._restart = asyncio.ensure_future(self._start_again())
+
+    async def _start_again(self) -> None:
+        await self._reap()
+        while not self._stopping:
+            await asyncio.sleep(_RESTART_DELAY_S)
+            try:
+                await self.start()
+                return
+            except Exception as exc:
+                log.error("starting the SQLite writer process failed (%s); retrying", exc)
+
+
+class _Link(asyncio.Protocol):
+    """The socket to one writer process: commands out (gathered per pass of the event loop, one write
+    each), outcomes back."""
+
+    def __init__(self, writer: Writer) -> None:
+        loop = asyncio.get_running_loop()
+        self._writer = writer
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._inbox = bytearray()
+        self._outbox: list[bytes] = []
+        self._seq = 0
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.ready: asyncio.Future[BaseException | None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.open = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def send(self, name: str, args: tuple[Any, ...]) -> "asyncio.Future[Any]":
+        self._seq += 1
+        data = pickle.dumps((self._seq, name, args), protocol=pickle.HIGHEST_PROTOCOL)
+        if not self._outbox:
+            self._loop.call_soon(self._flush)
+        self._outbox += (_FRAME.pack(len(data)), data)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self.pending[self._seq] = future
+        return future
+
+    def _flush(self) -> None:
+        if self._outbox and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(self._outbox))
+        self._outbox.clear()
+
+    def finish(self) -> None:
+        """Send what is gathered and close the sending side: the process commits it all, answers, and
+        ends."""
+        self.open = False
+        self._flush()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        self._inbox += data
+        messages, used = _frames(self._inbox)
+        del self._inbox[:used]
+        for message in messages:
+            if not self.ready.done():  # the first message: the process's start, or why it failed
+                self.open = message is None
+                self.ready.set_result(message)
+                continue
+            for seq, result, error in message:
+                future = self.pending.pop(seq, None)
+                if future is None or future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        if not self.ready.done():
+            self.ready.set_result(StoreUnavailable("the SQLite writer process ended before it started"))
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(
+                    StoreUnavailable("the store's writer ended before this write was confirmed; retry")
+                )
+        self.closed.set_result(None)
+        self._writer._lost(self)
+
+
+def process_argv(module: str, config: str) -> list[str]:
+    """How the server starts a writer process: this interpreter, `module`'s main, its settings."""
+    return [sys.executable, "-m", module, config]
+
+
+def socket_from_argv(argv: list[str]) -> socket.socket:
+    return socket.socket(fileno=int(argv[-1]))
+
+
+def send_ready(sock: socket.socket, failure: BaseException | None) -> None:
+    data = pickle.dumps(failure, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_FRAME.pack(len(data)) + data)
+
+
+def ignore_terminal_signals() -> None:
+    """The process ends when the server closes its side (after committing everything sent), not on the
+    Ctrl-C or SIGTERM sent to the whole process group: those go to the server, which then stops it."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)

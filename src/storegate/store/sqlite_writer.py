@@ -1,0 +1,34 @@
+"""The SQLite store's writer process: `python -m storegate.store.sqlite_writer CONFIG FD`, started by
+the server (store/writer.py says why a process), never by hand. It opens the database, says whether
+it could, and runs the server's writes in group commits until the server closes its side of the
+socket FD."""
+
+import json
+import logging
+import sys
+
+from storegate.store.sqlite import connect_writer, write
+from storegate.store.writer import ignore_terminal_signals, send_ready, serve, socket_from_argv
+
+
+def main(argv: list[str]) -> int:
+    ignore_terminal_signals()
+    config = json.loads(argv[0])
+    logging.basicConfig(level=config["log_level"], format="%(message)s", stream=sys.stderr)
+    sock = socket_from_argv(argv)
+    try:
+        conn = connect_writer(config["path"], config["cache_kib"], config["synchronous"])
+    except Exception as exc:
+        send_ready(sock, exc)
+        return 1
+    try:
+        send_ready(sock, None)
+        serve(conn, sock, write)
+    finally:
+        conn.close()
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
