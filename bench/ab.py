@@ -57,7 +57,11 @@ def _threads_cpu(pid: int) -> tuple[float, float]:
     processes (storegate's SQLite writer is a process of its own)."""
     total = other = 0.0
     for member in group_pids(pid):
-        for task in Path(f"/proc/{member}/task").iterdir():
+        try:
+            tasks = list(Path(f"/proc/{member}/task").iterdir())
+        except OSError:  # ended since it was listed
+            continue
+        for task in tasks:
             try:
                 raw = (task / "stat").read_text()
             except OSError:

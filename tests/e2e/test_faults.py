@@ -122,10 +122,15 @@ def _limit_file_size(pid: int, size: int | str) -> None:
 
 
 def _writer_pid(pid: int) -> int:
-    """The SQLite writer process of the storegate server `pid` (its one child)."""
-    children = [
-        int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()
-    ]
+    """The SQLite writer process of the storegate server `pid`: its one child."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:  # gone meanwhile
+            continue
+        if stat and int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+            children.append(int(entry.name))
     assert len(children) == 1, children
     return children[0]
 

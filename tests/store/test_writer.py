@@ -16,7 +16,7 @@ import pytest
 from storegate.errors import StoreUnavailable
 from storegate.store import MessagesQuery
 from storegate.store.sqlite import SQLiteStore
-from storegate.store.writer import Grouped, Op, commit
+from storegate.store.writer import Grouped, Op, Writer, commit
 from tests.store.test_contract import completion
 
 
@@ -136,22 +136,27 @@ def test_when_the_writer_process_dies_its_writes_fail_and_another_takes_over(tmp
             await store.insert(completion())
             first = store.writer_pid
             assert first is not None
-            pending = [asyncio.ensure_future(store.insert(completion())) for _ in range(50)]
+            made = [completion() for _ in range(200)]
+            pending = [asyncio.ensure_future(store.insert(c)) for c in made]
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)  # some confirmed, most in flight
             os.kill(first, signal.SIGKILL)
             results = await asyncio.gather(*pending, return_exceptions=True)
-            # Each either committed before the kill or failed: none is left waiting, none is lost.
-            for result in results:
-                assert result is None or isinstance(result, StoreUnavailable), result
+            confirmed = [c for c, r in zip(made, results, strict=True) if r is None]
+            assert confirmed, "nothing was confirmed before the kill"
+            assert all(r is None or isinstance(r, StoreUnavailable) for r in results), results
+            for c in confirmed:  # a confirmed write is never lost
+                assert await store.get("p", c.id) is not None
             with pytest.raises(StoreUnavailable):
                 await store.insert(completion())  # the writer is restarting
             late = completion()
-            for _ in range(100):  # bounded: ~5 s
+            deadline = time.monotonic() + 30
+            while True:
                 await asyncio.sleep(0.05)
                 try:
                     await store.insert(late)
                     break
                 except StoreUnavailable:
-                    continue
+                    assert time.monotonic() < deadline, "no new writer took over"
             assert store.writer_pid not in (None, first)
             assert await store.get("p", late.id) is not None
         finally:
@@ -160,8 +165,9 @@ def test_when_the_writer_process_dies_its_writes_fail_and_another_takes_over(tmp
     asyncio.run(main())
 
 
-_ORPHAN = """
-import asyncio, os, signal, sys
+_KILLED = """
+import asyncio, os, signal, sys, time
+from pathlib import Path
 from storegate.store.sqlite import SQLiteStore
 from tests.store.test_contract import completion
 
@@ -171,41 +177,94 @@ async def main():
     kept = completion()
     await store.insert(kept)
     print(kept.id, store.writer_pid, flush=True)
-    for _ in range(20):  # ~50 KB: all in the socket's buffer once sent
-        store._writer.submit("insert", *sqlite_fields(completion()))
-    await asyncio.sleep(0.05)  # sent (the next pass of the loop), not awaited
+    while not Path(sys.argv[2]).exists():  # the test holds the write lock: the writer will wait
+        await asyncio.sleep(0.01)
+    for n in range(600):  # ~80 KB: all in the socket's buffer once sent; two batches (512 + 88)
+        store._writer.submit("add_key", f"key_{n}", "p", n.to_bytes(8, "big"), "sk-x", None, 0)
+    await asyncio.sleep(0.3)  # sent (the next pass of the loop), not confirmed
     os.kill(os.getpid(), signal.SIGKILL)
 
-from storegate.store.sqlite import _fields as sqlite_fields
 asyncio.run(main())
 """
 
 
 def test_the_writer_process_outlives_a_killed_server_only_to_commit_what_it_was_sent(tmp_path: Path) -> None:
-    """kill -9 of the server: the writer reads what was sent to the end, commits it, and exits."""
-    db = str(tmp_path / "k.db")
-    done = subprocess.run([sys.executable, "-c", _ORPHAN, db], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
-    assert done.returncode == -signal.SIGKILL, done.stderr
-    kept, pid = done.stdout.split()
-    for _ in range(200):  # bounded: ~10 s
-        if not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text():
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(int(pid), signal.SIGKILL)
-        pytest.fail("the writer process did not end after its server was killed")
+    """kill -9 of the server with writes sent and unconfirmed (the writer waits on a lock the test holds):
+    the writer commits all of them, two batches, though it can no longer answer, and exits cleanly."""
+    db, go = str(tmp_path / "k.db"), tmp_path / "go"
+    out, err = (tmp_path / "out").open("w+"), (tmp_path / "err").open("w+")  # files: the writer inherits them
+    server = subprocess.Popen([sys.executable, "-c", _KILLED, db, str(go)], stdout=out, stderr=err,
+                              cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(out.name).read_text().strip():
+            assert server.poll() is None and time.monotonic() < deadline, Path(err.name).read_text()
+            time.sleep(0.02)
+        kept, pid = Path(out.name).read_text().split()
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        go.touch()
+        assert server.wait(60) == -signal.SIGKILL, Path(err.name).read_text()
+        lock.execute("ROLLBACK")  # the writer goes on: its first batch had waited on this lock
+        lock.close()
+        while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+            assert time.monotonic() < deadline, "the writer process did not end after its server was killed"
+            time.sleep(0.05)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        out.close()
+        err.close()
+    assert "Traceback" not in Path(err.name).read_text(), Path(err.name).read_text()
+    check = sqlite3.connect(db)
+    try:
+        assert check.execute("SELECT count(*) FROM completions WHERE id = ?", (kept,)).fetchone()[0] == 1
+        assert check.execute("SELECT count(*) FROM api_keys").fetchone()[0] == 600, "sent, yet not committed"
+    finally:
+        check.close()
 
-    async def count() -> tuple[bool, int]:
-        store = SQLiteStore(db)
-        await store.open()
+
+def _writer_processes() -> list[int]:
+    """This test process's SQLite writer children."""
+    found = []
+    for entry in Path("/proc").iterdir():
         try:
-            found = await store.get("p", kept) is not None
-            assert store._reader is not None
-            return found, store._reader.execute("SELECT count(*) FROM completions").fetchone()[0]
-        finally:
-            await store.close()
+            if not entry.name.isdigit():
+                continue
+            stat, argv = (entry / "stat").read_text(), (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
+        if parent == os.getpid() and b"storegate.store.sqlite_writer" in argv and " Z " not in stat:
+            found.append(int(entry.name))
+    return found
 
-    found, rows = asyncio.run(count())
-    assert found, "a confirmed write was lost"
-    assert rows == 21, "the writer did not commit what it had been sent"
+
+def test_a_writer_that_ends_before_it_is_ready_fails_the_start_and_nothing_restarts_it() -> None:
+    async def main() -> None:
+        writer = Writer([sys.executable, "-c", "import sys; sys.exit(3)"], 10)
+        with pytest.raises(StoreUnavailable, match="before it started"):
+            await writer.start()
+        assert writer._restart is None, "a failed start left a restart behind"
+        await writer.stop()
+
+    asyncio.run(main())
+
+
+def test_stopping_while_the_writer_restarts_starts_no_other(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "r.db"))
+        await store.open()
+        first = store.writer_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(StoreUnavailable):  # the first write after the kill, or the restart's refusal
+            for _ in range(100):
+                await store.insert(completion())
+                await asyncio.sleep(0.01)
+        await store.close()  # within the restart's delay
+        assert store.writer_pid is None
+        await asyncio.sleep(1.5)  # past the restart's delay: nothing starts
+        assert _writer_processes() == []
+
+    asyncio.run(main())

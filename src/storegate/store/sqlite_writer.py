@@ -3,16 +3,23 @@ the server (store/writer.py says why a process), never by hand. It opens the dat
 it could, and runs the server's writes in group commits until the server closes its side of the
 socket FD."""
 
-import json
-import logging
+import signal
 import sys
 
-from storegate.store.sqlite import connect_writer, write
-from storegate.store.writer import ignore_terminal_signals, send_ready, serve, socket_from_argv
+# First, before anything slow: the process ends when the server closes its side (after committing
+# everything sent), not on the Ctrl-C, SIGTERM or hang-up sent to the whole process group: those go
+# to the server, which then stops it.
+for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_sig, signal.SIG_IGN)
 
 
 def main(argv: list[str]) -> int:
-    ignore_terminal_signals()
+    import json
+    import logging
+
+    from storegate.store.sqlite import connect_writer, write
+    from storegate.store.writer import send_ready, serve, socket_from_argv
+
     config = json.loads(argv[0])
     logging.basicConfig(level=config["log_level"], format="%(message)s", stream=sys.stderr)
     sock = socket_from_argv(argv)

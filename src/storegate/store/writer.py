@@ -6,19 +6,21 @@ replayed one write per transaction, so a failure reaches only its own caller.
 
 Why a process, not a thread: a writer thread shares the event loop's GIL. It holds it to build rows
 and bind them, and it takes it back after every SQLite statement (the sqlite3 module releases it
-around each one); under load each time is the event loop's, stalled. Measured (bench/analysis/
-2026-11-27T1738Z.md), create store=true at 64 connections: a writer thread kept the loop ~17% idle,
-store=true served 0.66x of store=false; the same writes in a process served 0.83x.
+around each one): under load ~1 ms each of a group commit's six statements, each time stopping the
+event loop. Measured (bench/analysis/2026-11-27T1805Z.md), create store=true at 64 connections: the
+process served 1.13x (0.80-1.27) the creates of the thread (bench/ab, 6 rounds).
 
 The server (`Writer`) sends each write as a command (a name and its arguments, pickled) over a
 socket pair; the process (`serve`, run by `python -m storegate.store.sqlite_writer`) reads what has
 come, commits it as one batch, and sends back each write's result or exception. A write is
-acknowledged only after its COMMIT returned (synchronous=FULL: on disk). If the server dies (even on
-kill -9), the process reads to the end of what was sent, commits it, and exits; if the process dies,
-the writes it had not acknowledged fail (StoreUnavailable) and a new process is started.
+acknowledged only after its COMMIT returned (with the default synchronous=FULL: on disk). If the
+server dies (even on kill -9), the process reads to the end of what was sent, commits it, and exits.
+If the process dies, the writes it had not acknowledged fail (StoreUnavailable) and a new process is
+started a second later; such a write may have been committed, its answer lost with the process.
 """
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import socket
@@ -140,6 +142,7 @@ def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
     message, until the server closes its side; then return."""
     buffer = bytearray()
     ended = False
+    answering = True
     while not ended:
         ended = _receive(sock, buffer)
         commands, used = _frames(buffer)
@@ -154,13 +157,22 @@ def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
                     answers.append((seq, None, exc))
             if batch:
                 answers += commit(conn, batch)
-            _send(sock, answers)
+            if answering:
+                try:
+                    _send(sock, answers)
+                except OSError:  # the server is gone (killed): commit the rest of what it sent, unanswered
+                    answering = False
             del batch, answers
 
 
 def _receive(sock: socket.socket, buffer: bytearray) -> bool:
-    """Wait for data, then take all that has come; True once the server closed its side."""
-    chunk = sock.recv(1 << 20)
+    """Wait for data, then take all that has come; True once the server closed its side. A server
+    killed with answers unread resets the socket (ECONNRESET) after what it had sent was read: that
+    is an end of input too."""
+    try:
+        chunk = sock.recv(1 << 20)
+    except ConnectionResetError:
+        return True
     if not chunk:
         return True
     buffer += chunk
@@ -173,6 +185,8 @@ def _receive(sock: socket.socket, buffer: bytearray) -> bool:
             buffer += chunk
     except BlockingIOError:
         return False
+    except ConnectionResetError:
+        return True
     finally:
         sock.setblocking(True)
 
@@ -197,13 +211,18 @@ def _send(sock: socket.socket, answers: list[_Outcome]) -> None:
         data = pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # a result or an exception that does not pickle: say what it was instead
         data = pickle.dumps([_picklable(a) for a in answers], protocol=pickle.HIGHEST_PROTOCOL)
+    else:
+        try:
+            pickle.loads(data)
+        except Exception:  # nor one that does not unpickle: it would fail every answer of the message
+            data = pickle.dumps([_picklable(a) for a in answers], protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(_FRAME.pack(len(data)) + data)
 
 
 def _picklable(answer: _Outcome) -> _Outcome:
     seq, result, error = answer
     try:
-        pickle.dumps((result, error))
+        pickle.loads(pickle.dumps((result, error)))  # the server must be able to read it back, too
         return answer
     except Exception:
         return seq, None, RuntimeError(f"the writer's answer could not be sent: {result!r} {error!r}")
@@ -246,6 +265,8 @@ class Writer:
             ours.close()
             proc.kill()
             raise
+        # From here stop() finds them: cancelled while it waits for ready, the process still ends
+        # once stop() closes the socket.
         self._proc, self._link = proc, link
         failure = await link.ready
         if failure is not None:
@@ -255,7 +276,8 @@ class Writer:
     def submit(self, name: str, *args: Any) -> "asyncio.Future[Any]":
         link = self._link
         if link is None or not link.open:
-            raise StoreUnavailable("the store's writer is restarting; retry shortly", retry_after=1)
+            doing = "stopping" if self._stopping else "restarting"
+            raise StoreUnavailable(f"the store's writer is {doing}; retry shortly", retry_after=1)
         if len(link.pending) >= self._queue_max:
             raise WriterOverloaded
         return link.send(name, args)
@@ -263,8 +285,11 @@ class Writer:
     async def stop(self) -> None:
         """Finish every write sent, then stop the process."""
         self._stopping = True
-        if self._restart is not None:
-            self._restart.cancel()
+        restart, self._restart = self._restart, None
+        if restart is not None:
+            restart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await restart
         link = self._link
         if link is not None:
             link.finish()
@@ -277,17 +302,25 @@ class Writer:
             await proc.wait()
 
     def _lost(self, link: "_Link") -> None:
-        """The process closed its side (it ended) while the server was not stopping: start another."""
-        if self._stopping or link is not self._link:
+        """A started process closed its side (it ended) while the server was not stopping: start
+        another. (One that ended before it was ready is start()'s to report.)"""
+        if (
+            self._stopping
+            or link is not self._link
+            or (self._restart is not None and not self._restart.done())
+        ):
             return
-        code = self._proc.returncode if self._proc is not None else None
-        log.error("the SQLite writer process ended (exit status %s); starting another", code)
         self._restart = asyncio.ensure_future(self._start_again())
 
     async def _start_again(self) -> None:
+        proc = self._proc
         await self._reap()
-        while not self._stopping:
+        code = proc.returncode if proc is not None else None
+        log.error("the SQLite writer process ended (exit status %s); starting another", code)
+        while True:
             await asyncio.sleep(_RESTART_DELAY_S)
+            if self._stopping:
+                return
             try:
                 await self.start()
                 return
@@ -310,7 +343,9 @@ class _Link(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.ready: asyncio.Future[BaseException | None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
-        self.open = False
+        self.open = False  # takes commands: started, and not finishing
+        self._started = False
+        self._finishing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -326,14 +361,17 @@ class _Link(asyncio.Protocol):
         return future
 
     def _flush(self) -> None:
-        if self._outbox and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(self._outbox))
-        self._outbox.clear()
+        try:
+            if self._outbox and self._transport is not None and not self._transport.is_closing():
+                self._transport.write(b"".join(self._outbox))
+        finally:
+            self._outbox.clear()
 
     def finish(self) -> None:
         """Send what is gathered and close the sending side: the process commits it all, answers, and
         ends."""
         self.open = False
+        self._finishing = True
         self._flush()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write_eof()
@@ -344,7 +382,8 @@ class _Link(asyncio.Protocol):
         del self._inbox[:used]
         for message in messages:
             if not self.ready.done():  # the first message: the process's start, or why it failed
-                self.open = message is None
+                self._started = message is None
+                self.open = self._started and not self._finishing
                 self.ready.set_result(message)
                 continue
             for seq, result, error in message:
@@ -367,12 +406,14 @@ class _Link(asyncio.Protocol):
                     StoreUnavailable("the store's writer ended before this write was confirmed; retry")
                 )
         self.closed.set_result(None)
-        self._writer._lost(self)
+        if self._started:
+            self._writer._lost(self)
 
 
 def process_argv(module: str, config: str) -> list[str]:
-    """How the server starts a writer process: this interpreter, `module`'s main, its settings."""
-    return [sys.executable, "-m", module, config]
+    """How the server starts a writer process: this interpreter, `module`'s main, its settings. -P:
+    the working directory is not put first on sys.path, so nothing there shadows a module."""
+    return [sys.executable, "-P", "-m", module, config]
 
 
 def socket_from_argv(argv: list[str]) -> socket.socket:
@@ -382,12 +423,3 @@ def socket_from_argv(argv: list[str]) -> socket.socket:
 def send_ready(sock: socket.socket, failure: BaseException | None) -> None:
     data = pickle.dumps(failure, protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(_FRAME.pack(len(data)) + data)
-
-
-def ignore_terminal_signals() -> None:
-    """The process ends when the server closes its side (after committing everything sent), not on the
-    Ctrl-C or SIGTERM sent to the whole process group: those go to the server, which then stops it."""
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
