@@ -268,3 +268,24 @@ def test_stopping_while_the_writer_restarts_starts_no_other(tmp_path: Path) -> N
         assert _writer_processes() == []
 
     asyncio.run(main())
+
+
+def test_a_write_whose_caller_leaves_is_still_committed(tmp_path: Path) -> None:
+    """A request cancelled while its write is on the way (its client left) cancels only its wait."""
+
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "c.db"))
+        await store.open()
+        try:
+            left, after = completion(), completion()
+            waiting = asyncio.ensure_future(store.insert(left))
+            await asyncio.sleep(0)  # submitted: its command waits for this pass's flush
+            waiting.cancel()
+            await store.insert(after)  # sent after it, so committed after it
+            assert waiting.cancelled()
+            assert await store.get("p", left.id) is not None
+            assert await store.get("p", after.id) is not None
+        finally:
+            await store.close()
+
+    asyncio.run(main())

@@ -225,7 +225,9 @@ def _picklable(answer: _Outcome) -> _Outcome:
         pickle.loads(pickle.dumps((result, error)))  # the server must be able to read it back, too
         return answer
     except Exception:
-        return seq, None, RuntimeError(f"the writer's answer could not be sent: {result!r} {error!r}")
+        # Types only: a value's repr could carry a stored completion into the server's logs.
+        what = f"{type(result).__name__}, {type(error).__name__}"
+        return seq, None, RuntimeError(f"the writer's answer could not be sent ({what})")
 
 
 # --- the server's side -----------------------------------------------------------------------------
@@ -343,9 +345,13 @@ class _Link(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.ready: asyncio.Future[BaseException | None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
-        self.open = False  # takes commands: started, and not finishing
         self._started = False
         self._finishing = False
+
+    @property
+    def open(self) -> bool:
+        """It takes commands: its process started, and it is neither finishing nor closed."""
+        return self._started and not self._finishing and not self.closed.done()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -370,7 +376,6 @@ class _Link(asyncio.Protocol):
     def finish(self) -> None:
         """Send what is gathered and close the sending side: the process commits it all, answers, and
         ends."""
-        self.open = False
         self._finishing = True
         self._flush()
         if self._transport is not None and not self._transport.is_closing():
@@ -383,7 +388,6 @@ class _Link(asyncio.Protocol):
         for message in messages:
             if not self.ready.done():  # the first message: the process's start, or why it failed
                 self._started = message is None
-                self.open = self._started and not self._finishing
                 self.ready.set_result(message)
                 continue
             for seq, result, error in message:
@@ -396,7 +400,6 @@ class _Link(asyncio.Protocol):
                     future.set_result(result)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.open = False
         if not self.ready.done():
             self.ready.set_result(StoreUnavailable("the SQLite writer process ended before it started"))
         pending, self.pending = self.pending, {}
