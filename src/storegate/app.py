@@ -20,7 +20,7 @@ from storegate.service.gate import Gate
 from storegate.service.keys import Keys
 from storegate.service.retention import Retention
 from storegate.settings import ConfigError, Settings
-from storegate.store import open_store
+from storegate.store.factory import open_store
 
 SETTINGS = web.AppKey("settings", Settings)
 

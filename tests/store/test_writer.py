@@ -16,7 +16,8 @@ import pytest
 from storegate.errors import StoreUnavailable
 from storegate.store import MessagesQuery
 from storegate.store.sqlite import SQLiteStore
-from storegate.store.writer import Grouped, Op, Writer, commit
+from storegate.store.writer import Writer
+from storegate.store.writer_process import Grouped, Op, commit
 from tests.store.test_contract import completion
 
 

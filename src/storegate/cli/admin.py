@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 
 from storegate.service.keys import Keys
 from storegate.settings import Settings
-from storegate.store import Store, open_store
-from storegate.store.factory import SQLITE_PREFIX, sqlite_path
+from storegate.store import Store
+from storegate.store.factory import SQLITE_PREFIX, open_store, sqlite_path
 from storegate.store.sqlite import compact as sqlite_compact
 
 

@@ -10,7 +10,6 @@ from storegate.store.base import (
     Row,
     Store,
 )
-from storegate.store.factory import open_store
 
 __all__ = [
     "ApiKey",
@@ -21,5 +20,4 @@ __all__ = [
     "RenderedPage",
     "Row",
     "Store",
-    "open_store",
 ]

@@ -17,8 +17,10 @@ def main(argv: list[str]) -> int:
     import json
     import logging
 
-    from storegate.store.sqlite import connect_writer, write
-    from storegate.store.writer import send_ready, serve, socket_from_argv
+    # Only what the writes need: not the server's modules, nor asyncio (a store opens as fast as this
+    # process starts).
+    from storegate.store.sqlite_writes import connect_writer, write
+    from storegate.store.writer_process import send_ready, serve, socket_from_argv
 
     config = json.loads(argv[0])
     logging.basicConfig(level=config["log_level"], format="%(message)s", stream=sys.stderr)

@@ -1,0 +1,212 @@
+"""The SQLite writer process's side (store/writer.py has the server's, and says why a process):
+group commits, and the loop that reads the server's commands and answers them. It imports no
+asyncio and nothing of the server, so the process starts fast (store/sqlite_writer.py is its main).
+
+Frames on the socket, both ways: a message's length (u32), then its pickle. The server sends
+(sequence number, command name, arguments); the process answers a list of (sequence number, result,
+exception) per batch, after its COMMIT."""
+
+import logging
+import pickle
+import socket
+import sqlite3
+import struct
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("storegate.store")
+
+Op = Callable[[sqlite3.Connection], Any]
+Many = Callable[[sqlite3.Connection, list[Any]], None]
+Build = Callable[[str, tuple[Any, ...]], Op]  # a command (name, arguments) -> the write it names
+
+
+class Grouped:
+    """A write that may share one call of `many` with its neighbours of the same `many`."""
+
+    __slots__ = ("item", "many")
+
+    def __init__(self, many: Many, item: Any) -> None:
+        self.many = many
+        self.item = item
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        self.many(conn, [self.item])
+
+
+Outcome = tuple[Any, Any, BaseException | None]  # (the write's key, its result, its exception)
+_BATCH_MAX = 512
+FRAME = struct.Struct("<I")  # each message: its length, then its pickle
+
+
+def commit(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcome]:
+    """Run a batch of (write, key) in one transaction; if it fails, replay each write alone. Every
+    write gets its outcome; nothing raises."""
+    try:
+        return _transaction(conn, batch)
+    except Exception as exc:  # the writer must outlive any one failure
+        if len(batch) == 1:
+            outcomes: list[Outcome] = [(batch[0][1], None, exc)]
+        else:
+            log.warning("group commit of %d writes failed (%s); replaying them one by one", len(batch), exc)
+            outcomes = []
+            for item in batch:
+                try:
+                    outcomes += _transaction(conn, [item])
+                except Exception as one:
+                    outcomes.append((item[1], None, one))
+            del item
+    for _, _, error in outcomes:
+        if error is not None:
+            _drop_tracebacks(error)
+    return outcomes
+
+
+def _transaction(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcome]:
+    """Run the batch in one transaction; on any error roll it all back and raise."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[Outcome] = []
+        for run in _runs(batch):
+            head = run[0][0]
+            if isinstance(head, Grouped):
+                head.many(conn, [op.item for op, _ in run if isinstance(op, Grouped)])
+                outcomes += [(key, None, None) for _, key in run]
+            else:
+                outcomes.append((run[0][1], head(conn), None))
+        conn.execute("COMMIT")
+    except Exception:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed")
+        raise
+    return outcomes
+
+
+def _runs(batch: list[tuple[Op, Any]]) -> list[list[tuple[Op, Any]]]:
+    """Split a batch into runs: consecutive Grouped writes of one `many` together, anything else alone."""
+    runs: list[list[tuple[Op, Any]]] = []
+    for item in batch:
+        op, last = item[0], runs[-1][-1][0] if runs else None
+        if isinstance(op, Grouped) and isinstance(last, Grouped) and last.many is op.many:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+def _drop_tracebacks(failure: BaseException) -> None:
+    """A failure and those it follows (a replayed write's follows the group's) lose their tracebacks:
+    each would keep commit's frame, and with it the batch and the outcomes that hold the failure, in a
+    cycle until the cycle collector ran. Nothing is lost by it: a failure reaches the server pickled,
+    which keeps neither its traceback nor its context."""
+    seen: set[int] = set()
+    error: BaseException | None = failure
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+
+
+def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
+    """Commit the commands that come on `sock` in batches, answering each batch's outcomes in one
+    message, until the server closes its side; then return."""
+    buffer = bytearray()
+    ended = False
+    answering = True
+    while not ended:
+        ended = _receive(sock, buffer)
+        commands, used = frames(buffer)
+        del buffer[:used]
+        for start in range(0, len(commands), _BATCH_MAX):
+            batch: list[tuple[Op, Any]] = []
+            answers: list[Outcome] = []
+            for seq, name, args in commands[start : start + _BATCH_MAX]:
+                try:
+                    batch.append((build(name, args), seq))
+                except Exception as exc:  # a command this process cannot run: its caller's error
+                    answers.append((seq, None, exc))
+            if batch:
+                answers += commit(conn, batch)
+            if answering:
+                try:
+                    _send(sock, answers)
+                except OSError:  # the server is gone (killed): commit the rest of what it sent, unanswered
+                    answering = False
+            del batch, answers
+
+
+def _receive(sock: socket.socket, buffer: bytearray) -> bool:
+    """Wait for data, then take all that has come; True once the server closed its side. A server
+    killed with answers unread resets the socket (ECONNRESET) after what it had sent was read: that
+    is an end of input too."""
+    try:
+        chunk = sock.recv(1 << 20)
+    except ConnectionResetError:
+        return True
+    if not chunk:
+        return True
+    buffer += chunk
+    sock.setblocking(False)
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return True
+            buffer += chunk
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def frames(buffer: bytearray) -> tuple[list[Any], int]:
+    """The whole messages at the start of `buffer`, unpickled, and how many bytes they took."""
+    out, pos, view = [], 0, memoryview(buffer)
+    try:
+        while len(buffer) - pos >= FRAME.size:
+            (size,) = FRAME.unpack_from(buffer, pos)
+            if len(buffer) - pos - FRAME.size < size:
+                break
+            out.append(pickle.loads(view[pos + FRAME.size : pos + FRAME.size + size]))
+            pos += FRAME.size + size
+    finally:
+        view.release()
+    return out, pos
+
+
+def _send(sock: socket.socket, answers: list[Outcome]) -> None:
+    try:
+        data = pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # a result or an exception that does not pickle: say what it was instead
+        data = pickle.dumps([_picklable(a) for a in answers], protocol=pickle.HIGHEST_PROTOCOL)
+    else:
+        try:
+            pickle.loads(data)
+        except Exception:  # nor one that does not unpickle: it would fail every answer of the message
+            data = pickle.dumps([_picklable(a) for a in answers], protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(FRAME.pack(len(data)) + data)
+
+
+def _picklable(answer: Outcome) -> Outcome:
+    seq, result, error = answer
+    try:
+        pickle.loads(pickle.dumps((result, error)))  # the server must be able to read it back, too
+        return answer
+    except Exception:
+        # Types only: a value's repr could carry a stored completion into the server's logs.
+        what = f"{type(result).__name__}, {type(error).__name__}"
+        return seq, None, RuntimeError(f"the writer's answer could not be sent ({what})")
+
+
+def socket_from_argv(argv: list[str]) -> socket.socket:
+    return socket.socket(fileno=int(argv[-1]))
+
+
+def send_ready(sock: socket.socket, failure: BaseException | None) -> None:
+    data = pickle.dumps(failure, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(FRAME.pack(len(data)) + data)
