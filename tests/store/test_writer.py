@@ -16,7 +16,7 @@ import pytest
 from storegate.errors import StoreUnavailable
 from storegate.store import MessagesQuery
 from storegate.store.sqlite import SQLiteStore
-from storegate.store.writer import Writer
+from storegate.store.writer import Writer, _Link
 from storegate.store.writer_process import Grouped, Op, commit
 from tests.store.test_contract import completion
 
@@ -147,6 +147,9 @@ def test_when_the_writer_process_dies_its_writes_fail_and_another_takes_over(tmp
             assert all(r is None or isinstance(r, StoreUnavailable) for r in results), results
             for c in confirmed:  # a confirmed write is never lost
                 assert await store.get("p", c.id) is not None
+            for c, r in zip(made, results, strict=True):  # and a failed one is stored nowhere
+                if r is not None:
+                    assert await store.get("p", c.id) is None
             with pytest.raises(StoreUnavailable):
                 await store.insert(completion())  # the writer is restarting
             late = completion()
@@ -287,6 +290,72 @@ def test_a_write_whose_caller_leaves_is_still_committed(tmp_path: Path) -> None:
             assert await store.get("p", left.id) is not None
             assert await store.get("p", after.id) is not None
         finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_an_insert_committed_by_a_writer_that_died_before_answering_is_confirmed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's answer is lost (here: dropped as it arrives), the writer dies: the insert, found
+    committed, is confirmed, not failed (a client told it failed would retry and store it twice)."""
+    path = tmp_path / "a.db"
+    received = _Link.data_received
+
+    def ready_only(link: _Link, data: bytes) -> None:
+        if not link.ready.done():
+            received(link, data)
+
+    async def main() -> None:
+        store = SQLiteStore(str(path))
+        await store.open()
+        try:
+            made = completion()
+            inserting = asyncio.ensure_future(store.insert(made))
+            watch = sqlite3.connect(path)
+            try:
+                deadline = time.monotonic() + 30
+                while not watch.execute("SELECT 1 FROM completions WHERE id = ?", (made.id,)).fetchone():
+                    assert time.monotonic() < deadline, "the writer never committed"
+                    await asyncio.sleep(0.01)
+            finally:
+                watch.close()
+            assert not inserting.done()  # committed, its answer dropped
+            pid = store.writer_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.wait_for(inserting, 30)  # confirmed: no exception
+            assert await store.get("p", made.id) is not None
+        finally:
+            await store.close()
+
+    monkeypatch.setattr(_Link, "data_received", ready_only)
+    asyncio.run(main())
+
+
+def test_an_insert_not_committed_by_a_writer_that_died_fails_and_is_stored_nowhere(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+
+    async def main() -> None:
+        store = SQLiteStore(str(path))
+        await store.open()
+        lock = sqlite3.connect(path, isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")  # the writer waits for this lock (busy_timeout), uncommitted
+            made = completion()
+            inserting = asyncio.ensure_future(store.insert(made))
+            await asyncio.sleep(0.3)  # sent; the writer is waiting for the lock
+            assert not inserting.done()
+            pid = store.writer_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(inserting, 30)
+            lock.execute("ROLLBACK")
+            assert await store.get("p", made.id) is None
+        finally:
+            lock.close()
             await store.close()
 
     asyncio.run(main())

@@ -28,13 +28,14 @@ from storegate.store.base import (
 from storegate.store.migrate import apply_sqlite
 from storegate.store.sql import COUNT_CAP, Filter, count_sql, filters, list_sql
 from storegate.store.sqlite_writes import connect, fields
-from storegate.store.writer import Writer, WriterOverloaded, process_argv
+from storegate.store.writer import Writer, WriterLost, WriterOverloaded, process_argv
 
 log = logging.getLogger(__name__)
 Rows = list[Any]
 _COUNT = count_sql(lambda _: "?")
 _PAGE_SIZE = 8192
 _GET = "SELECT id, body, metadata FROM completions WHERE id = ? AND project = ?"
+_HAS = "SELECT 1 FROM completions WHERE id = ? AND project = ?"
 _KEY_COLUMNS = "id, project, prefix, rpm, created, last_used, revoked"
 _KEY_GENERATION = "SELECT n FROM key_generation"
 _first = itemgetter(0)
@@ -116,7 +117,17 @@ class SQLiteStore:
             db.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
 
     async def insert(self, completion: NewCompletion) -> None:
-        await self._write("insert", *fields(completion))
+        try:
+            await self._write("insert", *fields(completion))
+        except WriterLost:
+            # The writer process died after this insert was sent and before it answered. Its COMMIT
+            # may have returned (the answer lost with the process): then the completion is there and
+            # durable (a reader sees a transaction only once its commit is in the WAL, synced first
+            # with synchronous=FULL), and it is confirmed, not failed, so a client that retries does
+            # not store it twice. The process is gone (its socket closed as it ended): no commit of
+            # it can come after this read.
+            if not self._has(completion.project, completion.id):
+                raise
 
     async def get(self, project: str, completion_id: str) -> Row | None:
         # The hottest read: no context manager, a plain try (measured: ~2 us of 16 per call).
@@ -125,6 +136,10 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the store could not answer: {exc}") from exc
         return Row(*found) if found else None
+
+    def _has(self, project: str, completion_id: str) -> bool:
+        with self._reading() as db:
+            return db.execute(_HAS, (completion_id, project)).fetchone() is not None
 
     async def list(self, query: ListQuery) -> Page[Row]:
         walk = filters(query)

@@ -15,8 +15,9 @@ socket pair; the process (`serve` in store/writer_process.py, run by store/sqlit
 what has come, commits it as one batch, and sends back each write's result or exception. A write is
 acknowledged only after its COMMIT returned (with the default synchronous=FULL: on disk). If the
 server dies (even on kill -9), the process reads to the end of what was sent, commits it, and exits.
-If the process dies, the writes it had not acknowledged fail (StoreUnavailable) and a new process is
-started a second later; such a write may have been committed, its answer lost with the process.
+If the process dies, the writes it had not acknowledged fail (WriterLost, a StoreUnavailable) and a
+new process is started a second later. Such a write may have been committed, its answer lost with the
+process: an insert is then looked up, and confirmed if it is there (SQLiteStore.insert).
 """
 
 import asyncio
@@ -37,6 +38,11 @@ _RESTART_DELAY_S = 1.0
 
 class WriterOverloaded(Exception):
     pass
+
+
+class WriterLost(StoreUnavailable):
+    """The writer process ended with this write sent and not answered: it may have been committed
+    (its answer lost with the process) or not. The store can look (SQLiteStore.insert does)."""
 
 
 class Writer:
@@ -212,7 +218,7 @@ class _Link(asyncio.Protocol):
         for future in pending.values():
             if not future.done():
                 future.set_exception(
-                    StoreUnavailable("the store's writer ended before this write was confirmed; retry")
+                    WriterLost("the store's writer ended before this write was confirmed; retry")
                 )
         self.closed.set_result(None)
         if self._started:
