@@ -16,7 +16,7 @@ import pytest
 from storegate.errors import StoreUnavailable
 from storegate.store import MessagesQuery
 from storegate.store.sqlite import SQLiteStore
-from storegate.store.writer import Writer, _Link
+from storegate.store.writer import Writer, WriterLost, _Link
 from storegate.store.writer_process import Grouped, Op, commit
 from tests.store.test_contract import completion
 
@@ -350,10 +350,39 @@ def test_an_insert_not_committed_by_a_writer_that_died_fails_and_is_stored_nowhe
             pid = store.writer_pid
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(WriterLost):  # looked up and not found (sent or not, it was not committed)
                 await asyncio.wait_for(inserting, 30)
             lock.execute("ROLLBACK")
             assert await store.get("p", made.id) is None
+        finally:
+            lock.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_writes_are_settled_only_once_the_writer_process_has_ended(tmp_path: Path) -> None:
+    """The link breaks on the server's side while the process lives: the process still commits what
+    it read, so its writes are failed (or an insert found committed, confirmed) only once it ended."""
+    path = tmp_path / "e.db"
+
+    async def main() -> None:
+        store = SQLiteStore(str(path))
+        await store.open()
+        lock = sqlite3.connect(path, isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")  # the writer waits for this lock with the insert read
+            made = completion()
+            inserting = asyncio.ensure_future(store.insert(made))
+            await asyncio.sleep(0.3)  # sent: in the process's socket even once this side is closed
+            link = store._writer._link
+            assert link is not None and link._transport is not None
+            link._transport.abort()  # the server's side of the link goes; the process lives on
+            await asyncio.sleep(0.3)
+            assert not inserting.done(), "settled while the writer could still commit it"
+            lock.execute("ROLLBACK")  # the writer commits it, reaches the end of its input, and exits
+            await asyncio.wait_for(inserting, 30)  # found committed: confirmed
+            assert await store.get("p", made.id) is not None
         finally:
             lock.close()
             await store.close()

@@ -293,7 +293,7 @@ class SQLiteStore:
             raise StoreUnavailable(f"the store could not answer: {exc}") from exc
 
     async def _write(self, name: str, *args: Any) -> Any:
-        """Run the command `name` (WRITES) in the writer process; its result once committed."""
+        """Run the command `name` (sqlite_writes.WRITES) in the writer process; its result once committed."""
         try:
             future = self._writer.submit(name, *args)
         except WriterOverloaded:

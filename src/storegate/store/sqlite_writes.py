@@ -33,7 +33,7 @@ def connect_writer(path: str, cache_kib: int, synchronous: str) -> sqlite3.Conne
     """The writer process's connection (store/sqlite_writer.py)."""
     conn = connect(path, cache_kib)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
-    # Readers hold a snapshot per event-loop pass (_snapshot), so under steady reads and writes
+    # Readers hold a snapshot per event-loop pass (SQLiteStore._snapshot), so under steady reads and writes
     # the WAL restarts less often and grows past wal_autocheckpoint's ~4 MB (measured: 15-27 MB
     # under 90 s of mixed load, then flat); once it restarts, it is cut back to this size.
     conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")

@@ -1,4 +1,5 @@
-"""The one SQLite writer: a process of its own that runs the server's writes in group commits.
+"""The one SQLite writer, the server's side: a process of its own runs the server's writes in group
+commits (store/writer_process.py).
 
 Many requests' writes share one transaction and one fsync, and consecutive writes of one kind (the
 inserts of a busy server) run as one `many` call. Should anything fail, the batch is rolled back and
@@ -15,8 +16,8 @@ socket pair; the process (`serve` in store/writer_process.py, run by store/sqlit
 what has come, commits it as one batch, and sends back each write's result or exception. A write is
 acknowledged only after its COMMIT returned (with the default synchronous=FULL: on disk). If the
 server dies (even on kill -9), the process reads to the end of what was sent, commits it, and exits.
-If the process dies, the writes it had not acknowledged fail (WriterLost, a StoreUnavailable) and a
-new process is started a second later. Such a write may have been committed, its answer lost with the
+If the process dies, the writes it had not acknowledged fail (WriterLost, a StoreUnavailable) once it
+has exited, and a new process is started a second later. Such a write may have been committed, its answer lost with the
 process: an insert is then looked up, and confirmed if it is there (SQLiteStore.insert).
 """
 
@@ -55,6 +56,7 @@ class Writer:
         self._link: _Link | None = None
         self._stopping = False
         self._restart: asyncio.Task[None] | None = None
+        self._settling: set[asyncio.Task[None]] = set()
 
     @property
     def pid(self) -> int | None:
@@ -82,6 +84,7 @@ class Writer:
         # From here stop() finds them: cancelled while it waits for ready, the process still ends
         # once stop() closes the socket.
         self._proc, self._link = proc, link
+        link.process = proc
         failure = await link.ready
         if failure is not None:
             await self._reap()
@@ -109,11 +112,24 @@ class Writer:
             link.finish()
             await link.closed
         await self._reap()
+        if self._settling:
+            await asyncio.gather(*self._settling)
 
     async def _reap(self) -> None:
         proc, self._proc, self._link = self._proc, None, None
         if proc is not None:
             await proc.wait()
+
+    def _settle(
+        self, process: "asyncio.subprocess.Process | None", unanswered: list["asyncio.Future[Any]"]
+    ) -> None:
+        """Fail the writes a closed link never answered, once its process has exited: until then it
+        may still commit them. (It does if the link broke on this side while it lived: it reads to
+        the end of what was sent, commits it, and exits.) So a write's failure, and the store's look
+        for an insert that failed (SQLiteStore.insert), come after the process's last commit."""
+        task = asyncio.ensure_future(_fail_once_ended(process, unanswered))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     def _lost(self, link: "_Link") -> None:
         """A started process closed its side (it ended) while the server was not stopping: start
@@ -159,6 +175,7 @@ class _Link(asyncio.Protocol):
         self.closed: asyncio.Future[None] = loop.create_future()
         self._started = False
         self._finishing = False
+        self.process: asyncio.subprocess.Process | None = None  # set by Writer.start
 
     @property
     def open(self) -> bool:
@@ -215,14 +232,23 @@ class _Link(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_result(StoreUnavailable("the SQLite writer process ended before it started"))
         pending, self.pending = self.pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(
-                    WriterLost("the store's writer ended before this write was confirmed; retry")
-                )
+        if pending:
+            self._writer._settle(self.process, list(pending.values()))
         self.closed.set_result(None)
         if self._started:
             self._writer._lost(self)
+
+
+async def _fail_once_ended(
+    process: "asyncio.subprocess.Process | None", unanswered: list["asyncio.Future[Any]"]
+) -> None:
+    if process is not None:
+        await process.wait()
+    for future in unanswered:
+        if not future.done():
+            future.set_exception(
+                WriterLost("the store's writer ended before this write was confirmed; retry")
+            )
 
 
 def process_argv(module: str, config: str) -> list[str]:
