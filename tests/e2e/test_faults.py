@@ -1,6 +1,7 @@
 """Faults around storegate, produced for real: the database going away, writes failing, SIGTERM
 mid-stream, overload, and thousands of idle connections. Nothing acknowledged is lost."""
 
+import json
 import resource
 import signal
 import socket
@@ -156,6 +157,14 @@ def test_sqlite_write_failure_is_503_and_recovers(fake: FakeBackend) -> None:
             assert after.status_code == 200
             ids = [c["id"] for c in http.get("/v1/chat/completions?limit=100").json()["data"]]
             assert ids == [before, after.json()["id"]], "the refused ones were not stored"
+        # The access log says why each failed (the lines of a pass are written once it ends: those
+        # of the failed requests are out once later requests were answered).
+        lines = [json.loads(line) for line in sg.logs().splitlines() if line.startswith('{"request_id"')]
+        assert sorted(line["error"] for line in lines if line["status"] == 503) == sorted(
+            r.json()["error"]["message"] for r in failed
+        )
+        assert all("error" not in line for line in lines if line["status"] < 500)
+        assert all(r.json()["error"]["message"].startswith("the store could not write: ") for r in failed)
     finally:
         sg.stop()
 

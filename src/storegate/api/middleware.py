@@ -1,5 +1,6 @@
 """Every response gets an x-request-id; every failure leaves as OpenAI's error envelope; one JSON
-log line per request (method, path, status, duration: never headers or bodies, so never a key)."""
+log line per request (method, path, status, duration: never headers or bodies, so never a key), with
+the reason when the failure was ours (5xx)."""
 
 import asyncio
 import logging
@@ -51,12 +52,15 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     request["request_id"] = request_id()
     started = time.perf_counter()
     status = 500
+    reason: str | None = None  # why a request failed on our side: the store, a backend, a bug
     try:
         response = await handler(request)
         status = response.status
         return response
     except StoregateError as exc:
         status = exc.status
+        if status >= 500:  # these messages are our own (errors.py: never a secret, never a body)
+            reason = exc.message
         return error_response(exc)
     except web.HTTPException as exc:
         error = _from_http(exc, request)
@@ -65,16 +69,18 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     except asyncio.CancelledError:
         status = 499  # the client closed the connection
         raise
-    except Exception:
+    except Exception as exc:
+        reason = f"unhandled {type(exc).__name__}"  # its traceback is logged here
         log.exception("unhandled error in %s %s", request.method, request.path)
         body = envelope("The server had an error while processing your request.", "server_error")
         return web.Response(status=500, body=body, content_type=JSON)
     finally:
         if AccessLog.enabled():
-            request.app[ACCESS_LOG].add(orjson.dumps({
-                "request_id": request["request_id"], "method": request.method, "path": request.path,
-                "status": status, "ms": round((time.perf_counter() - started) * 1000, 2),
-            }))  # fmt: skip
+            line = {"request_id": request["request_id"], "method": request.method, "path": request.path,
+                    "status": status, "ms": round((time.perf_counter() - started) * 1000, 2)}  # fmt: skip
+            if reason is not None:
+                line["error"] = reason
+            request.app[ACCESS_LOG].add(orjson.dumps(line))
 
 
 @web.middleware
