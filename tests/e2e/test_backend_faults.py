@@ -3,6 +3,7 @@
 got, routing by model, backend keys that never leak to the client, the backend or the log; and health
 and x-request-id on every response."""
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -239,6 +240,18 @@ def _stored_when_ready(http: httpx.Client, completion_id: str) -> dict[str, Any]
     return doc
 
 
+def _access_line(sg: Storegate, request_id: str) -> dict[str, Any]:
+    """The request's access log line (written once the pass that answered it has run)."""
+    deadline = time.monotonic() + 5
+    while True:
+        for line in sg.logs().splitlines():
+            if line.startswith('{"request_id"') and request_id in line:
+                found: dict[str, Any] = json.loads(line)
+                return found
+        assert time.monotonic() < deadline, f"no access log line for {request_id}"
+        time.sleep(0.05)
+
+
 def _check_partial(sg: Storegate, completion_id: str, produced: str) -> None:
     with sg.http() as h:
         stored = _stored_when_ready(h, completion_id)
@@ -265,6 +278,13 @@ def test_mid_stream_fault_raw_sse(server: Storegate, timeout_server: Storegate, 
     assert payloads, raw
     *chunks, last = payloads
     assert list(last) == ["error"], f"the stream ends with an error event: {last}"
+    # Its access log line (status 200: the headers went out first) says why, in storegate's words.
+    logged = _access_line(sg, resp.headers["x-request-id"])
+    assert logged["status"] == 200 and logged["error"], logged
+    if directive == "fault-error-event":
+        assert logged["error"] == "the backend sent an error event mid-stream", "never the backend's words"
+    else:
+        assert logged["error"] == last["error"]["message"]
     assert set(last["error"]) == {"message", "type", "param", "code"}, last
     assert isinstance(last["error"]["message"], str) and last["error"]["message"]
     spec().validate_chunks(chunks)

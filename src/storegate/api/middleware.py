@@ -1,6 +1,6 @@
 """Every response gets an x-request-id; every failure leaves as OpenAI's error envelope; one JSON
 log line per request (method, path, status, duration: never headers or bodies, so never a key), with
-the reason when the failure was ours (5xx)."""
+the reason when the failure was ours (5xx, or a stream's error event)."""
 
 import asyncio
 import logging
@@ -25,6 +25,7 @@ from storegate.ids import request_id
 log = logging.getLogger("storegate.http")
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 JSON = "application/json"
+STREAM_FAILURE = "stream_failure"  # why a stream ended in an error event after its 200 went out
 
 
 def error_response(exc: StoregateError) -> web.Response:
@@ -56,6 +57,8 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
         status = response.status
+        if type(response) is web.StreamResponse:  # a stream (only they are), which may have failed
+            reason = request.get(STREAM_FAILURE)
         return response
     except StoregateError as exc:
         status = exc.status

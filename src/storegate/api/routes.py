@@ -6,7 +6,7 @@ from importlib import resources
 from aiohttp import web
 
 from storegate.api.context import client_key, project, request_id, services
-from storegate.api.middleware import JSON, error_response
+from storegate.api.middleware import JSON, STREAM_FAILURE, error_response
 from storegate.errors import RequestTimeout, StoregateError
 from storegate.service import ChatStream, list_models
 
@@ -73,6 +73,8 @@ async def _send_stream(request: web.Request, stream: ChatStream) -> web.StreamRe
         # them here, so they always precede the frames written straight to the socket.
         await response.write(b"")
         last = await stream.relay(_Client(request, response))
+        if stream.failure_reason is not None:
+            request[STREAM_FAILURE] = stream.failure_reason  # for the access log (middleware.handle)
         await response.write(last)
     except ConnectionError:  # the client left while we wrote to it
         await stream.abandon()

@@ -61,6 +61,9 @@ class ChatStream:
         self._done = False
         self._client_gone = False
         self._draining: asyncio.Task[None] | None = None
+        # Why the stream ended in an error event, for the access log (its status stays 200): our own
+        # message, never a backend's words, which could echo what the client sent.
+        self.failure_reason: str | None = None
 
     async def relay(self, out: Output) -> bytes:
         """Send every chunk as it arrives; once the backend is done, store the completion (durably)
@@ -100,6 +103,7 @@ class ChatStream:
         if failure is None and not self._done:
             failure = BackendFailed(f"backend {self._call.backend.name!r} ended the stream without [DONE]")
         if failure is not None:
+            self.failure_reason = _reason(failure)
             await self._persist_quietly(
                 "backend_timeout" if isinstance(failure, BackendTimeout) else "backend_error"
             )
@@ -109,6 +113,7 @@ class ChatStream:
             try:
                 await asyncio.shield(task)
             except StoregateError as exc:
+                self.failure_reason = _reason(exc)
                 return b"data: " + exc.body() + b"\n\n"
         return DONE
 
@@ -178,3 +183,9 @@ class ChatStream:
             await asyncio.shield(task)
         except StoregateError as exc:
             log.error("could not store incomplete completion %s: %s", self._call.id, exc.message)
+
+
+def _reason(failure: StoregateError) -> str:
+    if isinstance(failure, BackendStreamError):
+        return "the backend sent an error event mid-stream"
+    return failure.message
