@@ -1,13 +1,13 @@
 """The SQLite store's writes, as its writer process runs them (store/sqlite_writer.py): the
 connections, and each write the server can send, by name (`WRITES`). Kept apart from the store
 itself so the writer process imports only these, not asyncio nor the rest of the server: a store
-opens in the time that process takes to start."""
+opens in the time that process takes to start. Nor orjson (~45 ms of that start): the server sends
+metadata encoded, and the old metadata a write reads back is parsed with json."""
 
+import json
 import sqlite3
 from collections.abc import Callable
 from typing import Any
-
-import orjson
 
 from storegate.store.base import NewCompletion, Row
 from storegate.store.sql import tags
@@ -33,18 +33,11 @@ def connect_writer(path: str, cache_kib: int, synchronous: str) -> sqlite3.Conne
     """The writer process's connection (store/sqlite_writer.py)."""
     conn = connect(path, cache_kib)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
-    # Readers hold a snapshot per event-loop pass (SQLiteStore._snapshot), so under steady reads and writes
-    # the WAL restarts less often and grows past wal_autocheckpoint's ~4 MB (measured: 15-27 MB
-    # under 90 s of mixed load, then flat); once it restarts, it is cut back to this size.
+    # Readers hold a snapshot per event-loop pass (SQLiteStore._snapshot), so under steady reads and
+    # writes the WAL restarts less often and grows past wal_autocheckpoint's ~4 MB (measured: 15-27
+    # MB under 90 s of mixed load, then flat); once it restarts, it is cut back to this size.
     conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")
     return conn
-
-
-def fields(c: NewCompletion) -> tuple[Any, ...]:
-    """A new completion as the writer process gets it (WRITES["insert"]): its fields, in order
-    (pickled with its command, timeit: ~2.4 us, the dataclass ~6.1)."""
-    return (c.project, c.id, c.created, c.model, c.response_model, c.backend, c.backend_id, c.incomplete,
-            c.metadata, c.body, c.request, c.messages)  # fmt: skip
 
 
 def write(name: str, args: tuple[Any, ...]) -> Op:
@@ -68,13 +61,15 @@ def _touch_key(conn: sqlite3.Connection, key_id: str, when: int) -> None:
     conn.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (when, key_id))
 
 
-def _insert_many(conn: sqlite3.Connection, completions: list[NewCompletion]) -> None:
+def _insert_many(conn: sqlite3.Connection, inserts: list[tuple[NewCompletion, bytes]]) -> None:
+    """Each insert is a new completion and its metadata as JSON (encoded by the server)."""
     # Multi-row INSERTs, not executemany: one statement per table, not one per row (measured when the
     # writer was a thread, in bench/: the writer's CPU per completion).
+    completions = [c for c, _ in inserts]
     _insert_rows(conn, "completions (id, project, created, model, response_model, backend, backend_id,"
                  " incomplete, metadata, body)",
                  [(c.id, c.project, c.created, c.model, c.response_model, c.backend, c.backend_id,
-                   int(c.incomplete), orjson.dumps(c.metadata), c.body) for c in completions])  # fmt: skip
+                   int(c.incomplete), metadata, c.body) for c, metadata in inserts])  # fmt: skip
     _insert_rows(conn, "completion_requests (id, request)", [(c.id, c.request) for c in completions])
     _insert_rows(conn, "completion_tags", [
         tag for c in completions
@@ -95,15 +90,15 @@ def _insert_rows(conn: sqlite3.Connection, into: str, rows: list[Any], verb: str
                      [value for row in part for value in row])  # fmt: skip
 
 
-def _update(conn: sqlite3.Connection, project: str, cid: str, metadata: dict[str, str]) -> Row | None:
+def _update(conn: sqlite3.Connection, project: str, cid: str, metadata: dict[str, str],
+            encoded: bytes) -> Row | None:  # fmt: skip
     found = conn.execute(
         "SELECT body, metadata FROM completions WHERE id = ? AND project = ?", (cid, project)
     )
     row = found.fetchone()
     if row is None:
         return None
-    conn.executemany(_TAG_DELETE, tags(project, cid, set(), orjson.loads(row[1])))
-    encoded = orjson.dumps(metadata)
+    conn.executemany(_TAG_DELETE, tags(project, cid, set(), json.loads(row[1])))
     conn.execute("UPDATE completions SET metadata = ? WHERE id = ?", (encoded, cid))
     conn.executemany(_TAG_INSERT, tags(project, cid, set(), metadata))
     return Row(cid, row[0], encoded)
@@ -131,7 +126,7 @@ def _delete(conn: sqlite3.Connection, project: str, cid: str) -> bool:
     if found is None:
         return False
     models = {found[0]} | ({found[1]} if found[1] else set())
-    conn.executemany(_TAG_DELETE, tags(project, cid, models, orjson.loads(found[2])))
+    conn.executemany(_TAG_DELETE, tags(project, cid, models, json.loads(found[2])))
     conn.execute("DELETE FROM messages WHERE completion_id = ?", (cid,))
     conn.execute("DELETE FROM completion_requests WHERE id = ?", (cid,))
     conn.execute("DELETE FROM completions WHERE id = ?", (cid,))
@@ -144,7 +139,8 @@ def _command(run: Callable[..., Any]) -> Callable[..., Op]:
 
 # The writes the server sends its writer process, by name (SQLiteStore._write).
 WRITES: dict[str, Callable[..., Op]] = {
-    "insert": lambda *fields: Grouped(_insert_many, NewCompletion(*fields)),
+    # SQLiteStore.insert's fields, then the metadata as JSON
+    "insert": lambda *fields: Grouped(_insert_many, (NewCompletion(*fields[:-1]), fields[-1])),
     "update": _command(_update),
     "delete": _command(_delete),
     "purge": _command(_purge),
