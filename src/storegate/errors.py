@@ -12,6 +12,9 @@ import orjson
 class StoregateError(Exception):
     status = 500
     type = "server_error"
+    # The message is storegate's own words, fit for the log (the access log's "error" of a 5xx). Not
+    # so for an error that carries a backend's words, which could echo what the client sent.
+    log_safe = True
 
     def __init__(
         self,
@@ -94,6 +97,8 @@ class Overloaded(StoreUnavailable):
 
 class BackendRejected(StoregateError):
     """A backend's own 4xx, carried to the client with its status and (scrubbed) envelope."""
+
+    log_safe = False
 
     def __init__(self, status: int, error: dict[str, Any], headers: dict[str, str]) -> None:
         super().__init__(

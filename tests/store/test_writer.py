@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storegate.errors import StoreUnavailable
-from storegate.store import MessagesQuery
+from storegate.store import MessagesQuery, writer
 from storegate.store.sqlite import SQLiteStore
 from storegate.store.writer import Writer, WriterLost, _Link
 from storegate.store.writer_process import Grouped, Op, commit
@@ -385,6 +385,36 @@ def test_writes_are_settled_only_once_the_writer_process_has_ended(tmp_path: Pat
             assert await store.get("p", made.id) is not None
         finally:
             lock.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_writer_that_does_not_end_after_its_link_closed_is_killed_and_its_writes_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung process (here: stopped) would hold its unanswered writes forever: after the grace it is
+    killed, and they are settled (looked up, not found, failed)."""
+    monkeypatch.setattr(writer, "_SETTLE_GRACE_S", 0.5)
+    path = tmp_path / "h.db"
+
+    async def main() -> None:
+        store = SQLiteStore(str(path))
+        await store.open()
+        try:
+            pid = store.writer_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)  # hung: it reads nothing, commits nothing, never ends
+            made = completion()
+            inserting = asyncio.ensure_future(store.insert(made))
+            await asyncio.sleep(0.1)  # sent
+            link = store._writer._link
+            assert link is not None and link._transport is not None
+            link._transport.abort()
+            with pytest.raises(WriterLost):
+                await asyncio.wait_for(inserting, 30)
+            assert await store.get("p", made.id) is None
+        finally:
             await store.close()
 
     asyncio.run(main())

@@ -62,8 +62,10 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     except StoregateError as exc:
         status = exc.status
-        if status >= 500:  # these messages are our own (errors.py: never a secret, never a body)
-            reason = exc.message
+        if status >= 500:  # our own words only (errors.py: never a secret, never a body)
+            reason = (
+                exc.message if exc.log_safe else f"{type(exc).__name__} (in the backend's words: not logged)"
+            )
         return error_response(exc)
     except web.HTTPException as exc:
         error = _from_http(exc, request)

@@ -6,8 +6,8 @@ from importlib import resources
 from aiohttp import web
 
 from storegate.api.context import client_key, project, request_id, services
-from storegate.api.middleware import JSON, STREAM_FAILURE, error_response
-from storegate.errors import RequestTimeout, StoregateError
+from storegate.api.middleware import JSON, STREAM_FAILURE
+from storegate.errors import RequestTimeout
 from storegate.service import ChatStream, list_models
 
 OPENAPI = resources.files("storegate.api").joinpath("openapi.json").read_bytes()
@@ -76,13 +76,13 @@ async def _send_stream(request: web.Request, stream: ChatStream) -> web.StreamRe
         if stream.failure_reason is not None:
             request[STREAM_FAILURE] = stream.failure_reason  # for the access log (middleware.handle)
         await response.write(last)
-    except ConnectionError:  # the client left while we wrote to it
+        await response.write_eof()
+    except ConnectionError:  # the client left while we wrote to it (what was stored stays stored)
         await stream.abandon()
         return response
     except asyncio.CancelledError:  # the client left while we waited for the backend
         await stream.abandon()
         raise
-    await response.write_eof()
     return response
 
 
@@ -117,10 +117,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    try:
-        await services(request).store.ping()
-    except StoregateError as exc:
-        return error_response(exc)
+    await services(request).store.ping()  # a StoregateError leaves as its 503 (middleware.handle)
     return _json(b'{"status":"ready"}')
 
 

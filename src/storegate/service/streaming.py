@@ -42,6 +42,8 @@ class Output(Protocol):
 class BackendStreamError(StoregateError):
     """The backend sent an error event mid-stream; its (scrubbed) error object is passed on."""
 
+    log_safe = False
+
     def __init__(self, error: dict[str, Any]) -> None:
         super().__init__(str(error.get("message") or "the backend failed mid-stream"))
         self.error = error

@@ -16,9 +16,10 @@ socket pair; the process (`serve` in store/writer_process.py, run by store/sqlit
 what has come, commits it as one batch, and sends back each write's result or exception. A write is
 acknowledged only after its COMMIT returned (with the default synchronous=FULL: on disk). If the
 server dies (even on kill -9), the process reads to the end of what was sent, commits it, and exits.
-If the process dies, the writes it had not acknowledged fail (WriterLost, a StoreUnavailable) once it
-has exited, and a new process is started a second later. Such a write may have been committed, its answer lost with the
-process: an insert is then looked up, and confirmed if it is there (SQLiteStore.insert).
+If the process dies, the writes it had not acknowledged fail (WriterLost, a StoreUnavailable) once
+it has exited, and a new process is started a second later. Such a write may have been committed,
+its answer lost with the process: an insert is then looked up, and confirmed if it is there
+(SQLiteStore.insert).
 """
 
 import asyncio
@@ -35,6 +36,9 @@ from storegate.store.writer_process import FRAME, frames
 
 log = logging.getLogger("storegate.store")
 _RESTART_DELAY_S = 1.0
+# How long a process whose link closed may take to end before it is killed: it may be finishing a
+# batch (waiting up to busy_timeout, 10 s, for a lock), or hung (a stopped process, a stuck disk).
+_SETTLE_GRACE_S = 30.0
 
 
 class WriterOverloaded(Exception):
@@ -112,8 +116,8 @@ class Writer:
             link.finish()
             await link.closed
         await self._reap()
-        if self._settling:
-            await asyncio.gather(*self._settling)
+        if self._settling:  # not gather: a cancelled stop must not cancel them and strand their writes
+            await asyncio.wait(self._settling)
 
     async def _reap(self) -> None:
         proc, self._proc, self._link = self._proc, None, None
@@ -243,7 +247,15 @@ async def _fail_once_ended(
     process: "asyncio.subprocess.Process | None", unanswered: list["asyncio.Future[Any]"]
 ) -> None:
     if process is not None:
-        await process.wait()
+        try:
+            async with asyncio.timeout(_SETTLE_GRACE_S):
+                await process.wait()
+        except TimeoutError:
+            log.error("the SQLite writer process (pid %s) has not ended %.0f s after its link closed;"
+                      " killing it", process.pid, _SETTLE_GRACE_S)  # fmt: skip
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()  # killed, it commits nothing more: what it left is settled below
     for future in unanswered:
         if not future.done():
             future.set_exception(
