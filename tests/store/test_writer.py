@@ -1,6 +1,7 @@
 """The SQLite writer's group commit: one failing write in a batch fails alone."""
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -9,12 +10,13 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from storegate.errors import StoreUnavailable
-from storegate.store import MessagesQuery, writer
+from storegate.store import MessagesQuery, NewCompletion, writer
 from storegate.store.sqlite import SQLiteStore
 from storegate.store.writer import Writer, WriterLost, _Link
 from storegate.store.writer_process import Grouped, Op, commit
@@ -334,19 +336,30 @@ def test_an_insert_committed_by_a_writer_that_died_before_answering_is_confirmed
     asyncio.run(main())
 
 
-def test_an_insert_not_committed_by_a_writer_that_died_fails_and_is_stored_nowhere(tmp_path: Path) -> None:
-    path = tmp_path / "b.db"
+@contextlib.asynccontextmanager
+async def _insert_behind_a_lock(
+    path: Path,
+) -> AsyncIterator[tuple[SQLiteStore, sqlite3.Connection, NewCompletion, "asyncio.Future[None]"]]:
+    """An open store with one insert sent to its writer, which waits for the write lock `lock` holds
+    (up to busy_timeout): the insert is not committed until the lock is let go."""
+    store = SQLiteStore(str(path))
+    await store.open()
+    lock = sqlite3.connect(path, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        made = completion()
+        inserting = asyncio.ensure_future(store.insert(made))
+        await asyncio.sleep(0.3)  # sent: in the process's socket, even once this side is closed
+        assert not inserting.done()
+        yield store, lock, made, inserting
+    finally:
+        lock.close()
+        await store.close()
 
+
+def test_an_insert_not_committed_by_a_writer_that_died_fails_and_is_stored_nowhere(tmp_path: Path) -> None:
     async def main() -> None:
-        store = SQLiteStore(str(path))
-        await store.open()
-        lock = sqlite3.connect(path, isolation_level=None)
-        try:
-            lock.execute("BEGIN IMMEDIATE")  # the writer waits for this lock (busy_timeout), uncommitted
-            made = completion()
-            inserting = asyncio.ensure_future(store.insert(made))
-            await asyncio.sleep(0.3)  # sent; the writer is waiting for the lock
-            assert not inserting.done()
+        async with _insert_behind_a_lock(tmp_path / "b.db") as (store, lock, made, inserting):
             pid = store.writer_pid
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
@@ -354,9 +367,6 @@ def test_an_insert_not_committed_by_a_writer_that_died_fails_and_is_stored_nowhe
                 await asyncio.wait_for(inserting, 30)
             lock.execute("ROLLBACK")
             assert await store.get("p", made.id) is None
-        finally:
-            lock.close()
-            await store.close()
 
     asyncio.run(main())
 
@@ -364,17 +374,9 @@ def test_an_insert_not_committed_by_a_writer_that_died_fails_and_is_stored_nowhe
 def test_writes_are_settled_only_once_the_writer_process_has_ended(tmp_path: Path) -> None:
     """The link breaks on the server's side while the process lives: the process still commits what
     it read, so its writes are failed (or an insert found committed, confirmed) only once it ended."""
-    path = tmp_path / "e.db"
 
     async def main() -> None:
-        store = SQLiteStore(str(path))
-        await store.open()
-        lock = sqlite3.connect(path, isolation_level=None)
-        try:
-            lock.execute("BEGIN IMMEDIATE")  # the writer waits for this lock with the insert read
-            made = completion()
-            inserting = asyncio.ensure_future(store.insert(made))
-            await asyncio.sleep(0.3)  # sent: in the process's socket even once this side is closed
+        async with _insert_behind_a_lock(tmp_path / "e.db") as (store, lock, made, inserting):
             link = store._writer._link
             assert link is not None and link._transport is not None
             link._transport.abort()  # the server's side of the link goes; the process lives on
@@ -383,9 +385,6 @@ def test_writes_are_settled_only_once_the_writer_process_has_ended(tmp_path: Pat
             lock.execute("ROLLBACK")  # the writer commits it, reaches the end of its input, and exits
             await asyncio.wait_for(inserting, 30)  # found committed: confirmed
             assert await store.get("p", made.id) is not None
-        finally:
-            lock.close()
-            await store.close()
 
     asyncio.run(main())
 
