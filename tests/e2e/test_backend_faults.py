@@ -371,11 +371,17 @@ def test_no_key_in_any_log(keyed_server: Storegate, wrong_key_server: Storegate)
             with h.stream("POST", "/v1/chat/completions", json={"model": "fake-model", "messages": USER,
                                                                  "stream": True}) as resp:  # fmt: skip
                 resp.read()
+            with h.stream("POST", "/v1/chat/completions", json={
+                "model": "fake-model+fault-error-event", "messages": USER, "stream": True, "store": True,
+            }) as resp:  # fmt: skip
+                resp.read()
             h.get("/v1/models")
         logs = sg.logs()
         assert logs, "the server logs something at DEBUG"
         for key in (BACKEND_KEY, WRONG_KEY, CLIENT_KEY):
             assert key not in logs, f"{key} appears in the log"
+    # The failures' reasons were logged (a 5xx and a stream's error event), and no key with them.
+    assert keyed_server.logs().count('"error":') >= 2
 
 
 def test_pass_client_key_sends_the_clients_own_key_only_while_storegate_has_none(

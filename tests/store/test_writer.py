@@ -413,6 +413,44 @@ def test_a_writer_that_does_not_end_after_its_link_closed_is_killed_and_its_writ
             with pytest.raises(WriterLost):
                 await asyncio.wait_for(inserting, 30)
             assert await store.get("p", made.id) is None
+            deadline = time.monotonic() + 30  # and the restart, which waits for its end, goes on
+            while store.writer_pid in (None, pid):
+                assert time.monotonic() < deadline, "no new writer took over"
+                await asyncio.sleep(0.05)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_hung_writer_with_nothing_unanswered_is_killed_and_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restart waits for the old process to end: a hung one is killed after the grace, writes
+    waiting on it or not."""
+    monkeypatch.setattr(writer, "_SETTLE_GRACE_S", 0.5)
+
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "r.db"))
+        await store.open()
+        try:
+            pid = store.writer_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            link = store._writer._link
+            assert link is not None and link._transport is not None
+            link._transport.abort()  # nothing sent: no write waits on it
+            late = completion()
+            deadline = time.monotonic() + 30
+            while True:
+                await asyncio.sleep(0.05)
+                try:
+                    await store.insert(late)
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "the restart waits for the hung process forever"
+            assert store.writer_pid not in (None, pid)
+            assert await store.get("p", late.id) is not None
         finally:
             await store.close()
 

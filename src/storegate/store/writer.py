@@ -80,7 +80,7 @@ class Writer:
             theirs.close()
         loop = asyncio.get_running_loop()
         try:
-            _, link = await loop.create_unix_connection(lambda: _Link(self), sock=ours)
+            _, link = await loop.create_unix_connection(lambda: _Link(self, proc), sock=ours)
         except BaseException:
             ours.close()
             proc.kill()
@@ -88,7 +88,6 @@ class Writer:
         # From here stop() finds them: cancelled while it waits for ready, the process still ends
         # once stop() closes the socket.
         self._proc, self._link = proc, link
-        link.process = proc
         failure = await link.ready
         if failure is not None:
             await self._reap()
@@ -120,18 +119,18 @@ class Writer:
             await asyncio.wait(self._settling)
 
     async def _reap(self) -> None:
-        proc, self._proc, self._link = self._proc, None, None
-        if proc is not None:
+        proc, link, self._proc, self._link = self._proc, self._link, None, None
+        if link is not None and link.exited is not None:  # closed: its process is ending, or is killed
+            await asyncio.shield(link.exited)  # shared with _fail_once: a cancelled reap leaves it be
+        elif proc is not None:
             await proc.wait()
 
-    def _settle(
-        self, process: "asyncio.subprocess.Process | None", unanswered: list["asyncio.Future[Any]"]
-    ) -> None:
+    def _settle(self, exited: "asyncio.Future[None]", unanswered: list["asyncio.Future[Any]"]) -> None:
         """Fail the writes a closed link never answered, once its process has exited: until then it
         may still commit them. (It does if the link broke on this side while it lived: it reads to
         the end of what was sent, commits it, and exits.) So a write's failure, and the store's look
         for an insert that failed (SQLiteStore.insert), come after the process's last commit."""
-        task = asyncio.ensure_future(_fail_once_ended(process, unanswered))
+        task = asyncio.ensure_future(_fail_once(exited, unanswered))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
@@ -166,7 +165,7 @@ class _Link(asyncio.Protocol):
     """The socket to one writer process: commands out (gathered per pass of the event loop, one write
     each), outcomes back."""
 
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: Writer, process: asyncio.subprocess.Process) -> None:
         loop = asyncio.get_running_loop()
         self._writer = writer
         self._loop = loop
@@ -179,7 +178,8 @@ class _Link(asyncio.Protocol):
         self.closed: asyncio.Future[None] = loop.create_future()
         self._started = False
         self._finishing = False
-        self.process: asyncio.subprocess.Process | None = None  # set by Writer.start
+        self._process = process
+        self.exited: asyncio.Future[None] | None = None  # once closed: its process's end (_exit_of)
 
     @property
     def open(self) -> bool:
@@ -236,26 +236,30 @@ class _Link(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_result(StoreUnavailable("the SQLite writer process ended before it started"))
         pending, self.pending = self.pending, {}
+        self.exited = asyncio.ensure_future(_exit_of(self._process))
         if pending:
-            self._writer._settle(self.process, list(pending.values()))
+            self._writer._settle(self.exited, list(pending.values()))
         self.closed.set_result(None)
         if self._started:
             self._writer._lost(self)
 
 
-async def _fail_once_ended(
-    process: "asyncio.subprocess.Process | None", unanswered: list["asyncio.Future[Any]"]
-) -> None:
-    if process is not None:
-        try:
-            async with asyncio.timeout(_SETTLE_GRACE_S):
-                await process.wait()
-        except TimeoutError:
-            log.error("the SQLite writer process (pid %s) has not ended %.0f s after its link closed;"
-                      " killing it", process.pid, _SETTLE_GRACE_S)  # fmt: skip
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()  # killed, it commits nothing more: what it left is settled below
+async def _exit_of(process: asyncio.subprocess.Process) -> None:
+    """The end of a process whose link closed. One that has not ended _SETTLE_GRACE_S later (hung:
+    stopped, a stuck disk) is killed: then it commits nothing more."""
+    try:
+        async with asyncio.timeout(_SETTLE_GRACE_S):
+            await process.wait()
+    except TimeoutError:
+        log.error("the SQLite writer process (pid %s) has not ended %.0f s after its link closed;"
+                  " killing it", process.pid, _SETTLE_GRACE_S)  # fmt: skip
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+async def _fail_once(exited: "asyncio.Future[None]", unanswered: list["asyncio.Future[Any]"]) -> None:
+    await asyncio.shield(exited)  # shared with _reap: a cancelled wait here must not cancel it
     for future in unanswered:
         if not future.done():
             future.set_exception(
