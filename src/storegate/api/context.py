@@ -23,6 +23,11 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+# What the middlewares (api/middleware.py) put on a request for its handler and its access log line.
+REQUEST_ID = web.RequestKey("request_id", str)
+PROJECT = web.RequestKey("project", str)  # set once a /v1 request is authenticated
+CLIENT_KEY = web.RequestKey("client_key", str)  # the client's own Authorization, when not a storegate key
+STREAM_FAILURE = web.RequestKey("stream_failure", str)  # why a stream ended in an error event after its 200
 
 
 def services(request: web.Request) -> Services:
@@ -30,16 +35,16 @@ def services(request: web.Request) -> Services:
 
 
 def project(request: web.Request) -> str:
-    value = request.get("project", DEFAULT_PROJECT)
-    return value if isinstance(value, str) else DEFAULT_PROJECT
+    value: str = request.get(PROJECT, DEFAULT_PROJECT)  # (a Request's get() is untyped; its [] is not)
+    return value
 
 
 def client_key(request: web.Request) -> str | None:
     """The client's Authorization header, when it is the client's own key and not a storegate key;
     backends with pass_client_key receive it."""
-    value = request.get("client_key")
-    return value if isinstance(value, str) else None
+    value: str | None = request.get(CLIENT_KEY)
+    return value
 
 
 def request_id(request: web.Request) -> str:
-    return str(request["request_id"])
+    return request[REQUEST_ID]

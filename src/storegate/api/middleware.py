@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from storegate.api.accesslog import AccessLog
-from storegate.api.context import SERVICES
+from storegate.api.context import CLIENT_KEY, PROJECT, REQUEST_ID, SERVICES, STREAM_FAILURE
 from storegate.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -25,7 +25,6 @@ from storegate.ids import request_id
 log = logging.getLogger("storegate.http")
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 JSON = "application/json"
-STREAM_FAILURE = "stream_failure"  # why a stream ended in an error event after its 200 went out
 
 
 def error_response(exc: StoregateError) -> web.Response:
@@ -50,7 +49,7 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> StoregateError:
 
 @web.middleware
 async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request["request_id"] = request_id()
+    request[REQUEST_ID] = request_id()
     started = time.perf_counter()
     status = 500
     reason: str | None = None  # why a request failed on our side: the store, a backend, a bug
@@ -81,7 +80,7 @@ async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.Response(status=500, body=body, content_type=JSON)
     finally:
         if AccessLog.enabled():
-            line = {"request_id": request["request_id"], "method": request.method, "path": request.path,
+            line = {"request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
                     "status": status, "ms": round((time.perf_counter() - started) * 1000, 2)}  # fmt: skip
             if reason is not None:
                 line["error"] = reason
@@ -97,11 +96,11 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         principal = keys.known(authorization)
         if principal is None:
             principal = await keys.authenticate(authorization)
-        request["project"] = principal.project
-        if principal.key_id is None:  # no storegate key was used: the header is the client's own
-            request["client_key"] = authorization
+        request[PROJECT] = principal.project
+        if principal.key_id is None and authorization is not None:  # the header is the client's own
+            request[CLIENT_KEY] = authorization
     return await handler(request)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["x-request-id"] = request.get("request_id") or request_id()
+    response.headers["x-request-id"] = request.get(REQUEST_ID) or request_id()

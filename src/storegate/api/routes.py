@@ -5,8 +5,8 @@ from importlib import resources
 
 from aiohttp import web
 
-from storegate.api.context import client_key, project, request_id, services
-from storegate.api.middleware import JSON, STREAM_FAILURE
+from storegate.api.context import STREAM_FAILURE, client_key, project, request_id, services
+from storegate.api.middleware import JSON
 from storegate.errors import RequestTimeout
 from storegate.service import ChatStream, list_models
 
