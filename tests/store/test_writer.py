@@ -455,3 +455,35 @@ def test_a_hung_writer_with_nothing_unanswered_is_killed_and_replaced(
             await store.close()
 
     asyncio.run(main())
+
+
+def test_stopping_a_hung_writer_kills_it_after_the_grace_and_fails_its_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's shutdown waits for its writer to finish what was sent, but not forever: a hung one
+    (here: stopped) is killed after the grace, and its unanswered insert fails, stored nowhere."""
+    monkeypatch.setattr(writer, "_SETTLE_GRACE_S", 0.5)
+    path = tmp_path / "s.db"
+
+    async def main() -> None:
+        store = SQLiteStore(str(path))
+        await store.open()
+        pid = store.writer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        made = completion()
+        inserting = asyncio.ensure_future(store.insert(made))
+        await asyncio.sleep(0.1)  # sent
+        await asyncio.wait_for(store.close(), 30)  # hangs without the grace
+        with pytest.raises(WriterLost):
+            await inserting
+        with pytest.raises(ProcessLookupError):  # killed and reaped
+            os.kill(pid, 0)
+        reopened = SQLiteStore(str(path))
+        await reopened.open()
+        try:
+            assert await reopened.get("p", made.id) is None
+        finally:
+            await reopened.close()
+
+    asyncio.run(main())

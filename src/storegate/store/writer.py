@@ -36,8 +36,9 @@ from storegate.store.writer_process import FRAME, frames
 
 log = logging.getLogger("storegate.store")
 _RESTART_DELAY_S = 1.0
-# How long a process whose link closed may take to end before it is killed: it may be finishing a
-# batch (waiting up to busy_timeout, 10 s, for a lock), or hung (a stopped process, a stuck disk).
+# How long a process whose link closed may take to end, and one asked to stop to finish its writes,
+# before it is killed: it may be finishing a batch (waiting up to busy_timeout, 10 s, for a lock), or
+# hung (a stopped process, a stuck disk).
 _SETTLE_GRACE_S = 30.0
 
 
@@ -103,7 +104,9 @@ class Writer:
         return link.send(name, args)
 
     async def stop(self) -> None:
-        """Finish every write sent, then stop the process."""
+        """Finish every write sent, then stop the process. One that has not finished _SETTLE_GRACE_S
+        later (hung: stopped, a stuck disk) is killed: what it had not answered then fails (WriterLost;
+        an insert is looked up first), and the server's shutdown goes on."""
         self._stopping = True
         restart, self._restart = self._restart, None
         if restart is not None:
@@ -113,7 +116,13 @@ class Writer:
         link = self._link
         if link is not None:
             link.finish()
-            await link.closed
+            # asyncio.wait, not a timeout around the await: a timeout would cancel link.closed itself.
+            await asyncio.wait((link.closed,), timeout=_SETTLE_GRACE_S)
+            if not link.closed.done():
+                log.error("the SQLite writer process (pid %s) has not finished its writes %.0f s after it"
+                          " was asked to stop; killing it", link.pid, _SETTLE_GRACE_S)  # fmt: skip
+                link.kill()
+                await link.closed  # its socket closes as it ends
         await self._reap()
         if self._settling:  # not gather: a cancelled stop must not cancel them and strand their writes
             await asyncio.wait(self._settling)
@@ -180,6 +189,14 @@ class _Link(asyncio.Protocol):
         self._finishing = False
         self._process = process
         self.exited: asyncio.Future[None] | None = None  # once closed: its process's end (_exit_of)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
 
     @property
     def open(self) -> bool:
