@@ -1132,6 +1132,7 @@ def main() -> int:
                     assert pg is not None
                     urls[store_kind, n] = pg.url(pg_database(n))
         if args.build_only:
+            ok = True  # nothing failed: no temp folder to keep
             return 0
         for store_kind in args.stores:
             for n in args.sizes:
