@@ -1165,8 +1165,6 @@ def main() -> int:
         else:
             log(f"kept {tmp} (server logs, path lists) for a look at what failed")
     results["seconds"] = round(time.time() - started)
-    if args.build_only:
-        return 0
     import report
 
     out = Path(args.out) if args.out else RESULTS / f"{results['date'][:10]}.json"

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -336,6 +336,18 @@ def test_an_insert_committed_by_a_writer_that_died_before_answering_is_confirmed
     asyncio.run(main())
 
 
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[None]:
+    """The writer process `pid` stopped (SIGSTOP: hung, reading nothing, committing nothing); killed
+    on the way out should the test fail before storegate kills it, so no stopped process outlives it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @contextlib.asynccontextmanager
 async def _insert_behind_a_lock(
     path: Path,
@@ -403,15 +415,15 @@ def test_a_writer_that_does_not_end_after_its_link_closed_is_killed_and_its_writ
         try:
             pid = store.writer_pid
             assert pid is not None
-            os.kill(pid, signal.SIGSTOP)  # hung: it reads nothing, commits nothing, never ends
-            made = completion()
-            inserting = asyncio.ensure_future(store.insert(made))
-            await asyncio.sleep(0.1)  # sent
-            link = store._writer._link
-            assert link is not None and link._transport is not None
-            link._transport.abort()
-            with pytest.raises(WriterLost):
-                await asyncio.wait_for(inserting, 30)
+            with _stopped(pid):
+                made = completion()
+                inserting = asyncio.ensure_future(store.insert(made))
+                await asyncio.sleep(0.1)  # sent
+                link = store._writer._link
+                assert link is not None and link._transport is not None
+                link._transport.abort()
+                with pytest.raises(WriterLost):
+                    await asyncio.wait_for(inserting, 30)
             assert await store.get("p", made.id) is None
             deadline = time.monotonic() + 30  # and the restart, which waits for its end, goes on
             while store.writer_pid in (None, pid):
@@ -436,19 +448,19 @@ def test_a_hung_writer_with_nothing_unanswered_is_killed_and_replaced(
         try:
             pid = store.writer_pid
             assert pid is not None
-            os.kill(pid, signal.SIGSTOP)
-            link = store._writer._link
-            assert link is not None and link._transport is not None
-            link._transport.abort()  # nothing sent: no write waits on it
-            late = completion()
-            deadline = time.monotonic() + 30
-            while True:
-                await asyncio.sleep(0.05)
-                try:
-                    await store.insert(late)
-                    break
-                except StoreUnavailable:
-                    assert time.monotonic() < deadline, "the restart waits for the hung process forever"
+            with _stopped(pid):
+                link = store._writer._link
+                assert link is not None and link._transport is not None
+                link._transport.abort()  # nothing sent: no write waits on it
+                late = completion()
+                deadline = time.monotonic() + 30
+                while True:
+                    await asyncio.sleep(0.05)
+                    try:
+                        await store.insert(late)
+                        break
+                    except StoreUnavailable:
+                        assert time.monotonic() < deadline, "the restart waits for the hung process forever"
             assert store.writer_pid not in (None, pid)
             assert await store.get("p", late.id) is not None
         finally:
@@ -470,13 +482,13 @@ def test_stopping_a_hung_writer_kills_it_after_the_grace_and_fails_its_writes(
         await store.open()
         pid = store.writer_pid
         assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
-        made = completion()
-        inserting = asyncio.ensure_future(store.insert(made))
-        await asyncio.sleep(0.1)  # sent
-        await asyncio.wait_for(store.close(), 30)  # hangs without the grace
-        with pytest.raises(WriterLost):
-            await inserting
+        with _stopped(pid):
+            made = completion()
+            inserting = asyncio.ensure_future(store.insert(made))
+            await asyncio.sleep(0.1)  # submitted before the stop begins (a write after it is refused)
+            await asyncio.wait_for(store.close(), 30)  # hangs without the grace
+            with pytest.raises(WriterLost):
+                await inserting
         with pytest.raises(ProcessLookupError):  # killed and reaped
             os.kill(pid, 0)
         reopened = SQLiteStore(str(path))
@@ -485,5 +497,30 @@ def test_stopping_a_hung_writer_kills_it_after_the_grace_and_fails_its_writes(
             assert await reopened.get("p", made.id) is None
         finally:
             await reopened.close()
+
+    asyncio.run(main())
+
+
+def test_stopping_while_a_restart_waits_for_a_hung_writer_still_ends_that_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restart that waits for a hung process to end is cancelled by the stop; the stop still
+    waits for that end (the process killed after the grace), so no hung writer outlives the server."""
+    monkeypatch.setattr(writer, "_SETTLE_GRACE_S", 0.5)
+
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "c.db"))
+        await store.open()
+        pid = store.writer_pid
+        assert pid is not None
+        with _stopped(pid):
+            link = store._writer._link
+            assert link is not None and link._transport is not None
+            link._transport.abort()  # the restart begins, waiting for the hung process to end
+            await asyncio.sleep(0.1)
+            assert store._writer._restart is not None and not store._writer._restart.done()
+            await asyncio.wait_for(store.close(), 30)
+            with pytest.raises(ProcessLookupError):  # killed and reaped before close() returned
+                os.kill(pid, 0)
 
     asyncio.run(main())

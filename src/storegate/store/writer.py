@@ -36,9 +36,9 @@ from storegate.store.writer_process import FRAME, frames
 
 log = logging.getLogger("storegate.store")
 _RESTART_DELAY_S = 1.0
-# How long a process whose link closed may take to end, and one asked to stop to finish its writes,
-# before it is killed: it may be finishing a batch (waiting up to busy_timeout, 10 s, for a lock), or
-# hung (a stopped process, a stuck disk).
+# How long a process whose link closed may take to end, and one asked to stop may go without
+# answering, before it is killed: it may be finishing a batch (waiting up to busy_timeout, 10 s, for a
+# lock), or hung (a stopped process; one stuck in the kernel on a dead disk ends only once its I/O does).
 _SETTLE_GRACE_S = 30.0
 
 
@@ -62,6 +62,7 @@ class Writer:
         self._stopping = False
         self._restart: asyncio.Task[None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
+        self._exits: set[asyncio.Future[None]] = set()  # processes whose link closed, not yet reaped
 
     @property
     def pid(self) -> int | None:
@@ -104,9 +105,9 @@ class Writer:
         return link.send(name, args)
 
     async def stop(self) -> None:
-        """Finish every write sent, then stop the process. One that has not finished _SETTLE_GRACE_S
-        later (hung: stopped, a stuck disk) is killed: what it had not answered then fails (WriterLost;
-        an insert is looked up first), and the server's shutdown goes on."""
+        """Finish every write sent, then stop the process. One that answers nothing for _SETTLE_GRACE_S
+        meanwhile (hung) is killed: what it had not answered is then settled as after any writer's
+        death (_settle), and the server's shutdown goes on."""
         self._stopping = True
         restart, self._restart = self._restart, None
         if restart is not None:
@@ -116,16 +117,13 @@ class Writer:
         link = self._link
         if link is not None:
             link.finish()
-            # asyncio.wait, not a timeout around the await: a timeout would cancel link.closed itself.
-            await asyncio.wait((link.closed,), timeout=_SETTLE_GRACE_S)
-            if not link.closed.done():
-                log.error("the SQLite writer process (pid %s) has not finished its writes %.0f s after it"
-                          " was asked to stop; killing it", link.pid, _SETTLE_GRACE_S)  # fmt: skip
-                link.kill()
-                await link.closed  # its socket closes as it ends
+            await _finished(link)
         await self._reap()
-        if self._settling:  # not gather: a cancelled stop must not cancel them and strand their writes
-            await asyncio.wait(self._settling)
+        # Not gather: a cancelled stop must not cancel them. The ends of processes whose link closed
+        # before (a restart this stop cancelled may have been waiting for one, or killing it), and the
+        # writes they left unanswered.
+        if self._exits or self._settling:
+            await asyncio.wait(self._exits | self._settling)
 
     async def _reap(self) -> None:
         proc, link, self._proc, self._link = self._proc, self._link, None, None
@@ -133,6 +131,10 @@ class Writer:
             await asyncio.shield(link.exited)  # shared with _fail_once: a cancelled reap leaves it be
         elif proc is not None:
             await proc.wait()
+
+    def _exiting(self, exited: "asyncio.Future[None]") -> None:
+        self._exits.add(exited)
+        exited.add_done_callback(self._exits.discard)
 
     def _settle(self, exited: "asyncio.Future[None]", unanswered: list["asyncio.Future[Any]"]) -> None:
         """Fail the writes a closed link never answered, once its process has exited: until then it
@@ -189,6 +191,7 @@ class _Link(asyncio.Protocol):
         self._finishing = False
         self._process = process
         self.exited: asyncio.Future[None] | None = None  # once closed: its process's end (_exit_of)
+        self.answers = 0  # reads from the process: while they come, a finishing process is not hung
 
     @property
     def pid(self) -> int:
@@ -232,6 +235,7 @@ class _Link(asyncio.Protocol):
             self._transport.write_eof()
 
     def data_received(self, data: bytes) -> None:
+        self.answers += 1
         self._inbox += data
         messages, used = frames(self._inbox)
         del self._inbox[:used]
@@ -254,11 +258,30 @@ class _Link(asyncio.Protocol):
             self.ready.set_result(StoreUnavailable("the SQLite writer process ended before it started"))
         pending, self.pending = self.pending, {}
         self.exited = asyncio.ensure_future(_exit_of(self._process))
+        self._writer._exiting(self.exited)
         if pending:
             self._writer._settle(self.exited, list(pending.values()))
         self.closed.set_result(None)
         if self._started:
             self._writer._lost(self)
+
+
+async def _finished(link: _Link) -> None:
+    """The close of a link asked to finish, as long as its process keeps answering (a deep queue, a
+    wait for a lock); one that answers nothing for _SETTLE_GRACE_S (hung: stopped, deadlocked) is
+    killed. One stuck in the kernel on a dead disk ends only once its I/O does."""
+    while True:
+        answers = link.answers
+        # asyncio.wait, not a timeout around an await: that would cancel link.closed itself.
+        await asyncio.wait((link.closed,), timeout=_SETTLE_GRACE_S)
+        if link.closed.done():
+            return
+        if link.answers == answers:
+            break
+    log.error("the SQLite writer process (pid %s) answered nothing for %g s after it was asked to stop;"
+              " killing it", link.pid, _SETTLE_GRACE_S)  # fmt: skip
+    link.kill()
+    await asyncio.wait((link.closed,))  # its socket closes as it ends
 
 
 async def _exit_of(process: asyncio.subprocess.Process) -> None:
@@ -268,7 +291,7 @@ async def _exit_of(process: asyncio.subprocess.Process) -> None:
         async with asyncio.timeout(_SETTLE_GRACE_S):
             await process.wait()
     except TimeoutError:
-        log.error("the SQLite writer process (pid %s) has not ended %.0f s after its link closed;"
+        log.error("the SQLite writer process (pid %s) has not ended %g s after its link closed;"
                   " killing it", process.pid, _SETTLE_GRACE_S)  # fmt: skip
         with contextlib.suppress(ProcessLookupError):
             process.kill()
