@@ -96,14 +96,18 @@ class Page(Generic[T]):
 
 
 def rendered(page: Page[Row]) -> RenderedPage:
-    """A page of rows in JSON, as parts (no body is copied until the caller's one join)."""
+    return rendered_rows(page.items, page.has_more)
+
+
+def rendered_rows(items: Sequence[tuple[str, bytes, bytes]], has_more: bool) -> RenderedPage:
+    """A page of rows, each (id, body, metadata) as a Row or as the store's own tuple, in JSON, as parts
+    (no body is copied until the caller's one join)."""
     parts: list[bytes | memoryview] = []
-    for row in page.items:
-        parts += (b'{"metadata":', row.metadata, b",", memoryview(row.body)[1:], b",")
+    for _, body, metadata in items:
+        parts += (b'{"metadata":', metadata, b",", memoryview(body)[1:], b",")
     if parts:
         parts.pop()  # the last item's comma
-    items = page.items
-    return RenderedPage(parts, items[0].id if items else None, items[-1].id if items else None, page.has_more)
+    return RenderedPage(parts, items[0][0] if items else None, items[-1][0] if items else None, has_more)
 
 
 class Store(Protocol):
