@@ -35,7 +35,7 @@ def parse_paging(args: Mapping[str, str]) -> tuple[int, Order, str | None]:
 
 def list_object(page: RenderedPage) -> bytes:
     """The list of stored completions around its items (already JSON, as parts), in one join: with
-    store.base.rendered's parts, no body is copied before it (measured when rendering each body then
+    store.base.rendered_rows's parts, no body is copied before it (measured when rendering each body then
     joining the page: 26 -> 9 us for a page of 20)."""
     first = orjson.dumps(page.first_id) if page.first_id is not None else b"null"
     last = orjson.dumps(page.last_id) if page.last_id is not None else b"null"

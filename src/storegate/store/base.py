@@ -47,7 +47,7 @@ def spliced(body: bytes, metadata: bytes) -> bytes:
 class RenderedPage(NamedTuple):
     """A list page in JSON: `parts` concatenate to its completions as `spliced` makes them, in the
     page's order, separated by commas. PostgreSQL builds them in its query (one part: its CPU, not
-    the event loop's); `rendered` builds them from rows, as parts joined once by the caller."""
+    the event loop's); `rendered_rows` builds them from rows, as parts joined once by the caller."""
 
     parts: Sequence[bytes | memoryview]
     first_id: str | None
@@ -96,6 +96,7 @@ class Page(Generic[T]):
 
 
 def rendered(page: Page[Row]) -> RenderedPage:
+    """`rendered_rows` for a Page of Rows (PostgreSQL's pages and the tests')."""
     return rendered_rows(page.items, page.has_more)
 
 
