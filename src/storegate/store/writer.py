@@ -286,7 +286,8 @@ async def _finished(link: _Link) -> None:
 
 async def _exit_of(process: asyncio.subprocess.Process) -> None:
     """The end of a process whose link closed. One that has not ended _SETTLE_GRACE_S later (hung:
-    stopped, a stuck disk) is killed: then it commits nothing more."""
+    stopped, deadlocked) is killed: then it commits nothing more. (One stuck in the kernel on a dead
+    disk ends only once its I/O does.)"""
     try:
         async with asyncio.timeout(_SETTLE_GRACE_S):
             await process.wait()
