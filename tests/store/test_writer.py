@@ -155,20 +155,26 @@ def test_when_the_writer_process_dies_its_writes_fail_and_another_takes_over(tmp
             with pytest.raises(StoreUnavailable):
                 await store.insert(completion())  # the writer is restarting
             late = completion()
-            deadline = time.monotonic() + 30
-            while True:
-                await asyncio.sleep(0.05)
-                try:
-                    await store.insert(late)
-                    break
-                except StoreUnavailable:
-                    assert time.monotonic() < deadline, "no new writer took over"
+            await _insert_once_a_new_writer_takes_over(store, late, "no new writer took over")
             assert store.writer_pid not in (None, first)
             assert await store.get("p", late.id) is not None
         finally:
             await store.close()
 
     asyncio.run(main())
+
+
+async def _insert_once_a_new_writer_takes_over(store: SQLiteStore, made: NewCompletion, why: str) -> None:
+    """Insert `made`, retrying the 503s of a restart until a new writer process takes it (30 s at most,
+    else fail with `why`)."""
+    deadline = time.monotonic() + 30
+    while True:
+        await asyncio.sleep(0.05)
+        try:
+            await store.insert(made)
+            return
+        except StoreUnavailable:
+            assert time.monotonic() < deadline, why
 
 
 _KILLED = """
@@ -453,14 +459,9 @@ def test_a_hung_writer_with_nothing_unanswered_is_killed_and_replaced(
                 assert link is not None and link._transport is not None
                 link._transport.abort()  # nothing sent: no write waits on it
                 late = completion()
-                deadline = time.monotonic() + 30
-                while True:
-                    await asyncio.sleep(0.05)
-                    try:
-                        await store.insert(late)
-                        break
-                    except StoreUnavailable:
-                        assert time.monotonic() < deadline, "the restart waits for the hung process forever"
+                await _insert_once_a_new_writer_takes_over(
+                    store, late, "the restart waits for the hung process forever"
+                )
             assert store.writer_pid not in (None, pid)
             assert await store.get("p", late.id) is not None
         finally:
