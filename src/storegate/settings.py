@@ -58,6 +58,9 @@ class Settings:
     sqlite_cache_mib: int = field(default=64, metadata={"env": "STOREGATE_SQLITE_CACHE_MIB"})
     event_loop: str = field(default="uvloop", metadata={"env": "STOREGATE_EVENT_LOOP"})
     write_queue_max: int = field(default=10_000, metadata={"env": "STOREGATE_WRITE_QUEUE_MAX"})
+    sqlite_writer_hang_timeout: float = field(
+        default=30.0, metadata={"env": "STOREGATE_SQLITE_WRITER_HANG_TIMEOUT"}
+    )
     shutdown_timeout: float = field(default=30.0, metadata={"env": "STOREGATE_SHUTDOWN_TIMEOUT"})
     rate_limit_rpm: int = field(default=0, metadata={"env": "STOREGATE_RATE_LIMIT_RPM"})
     body_timeout: float = field(default=30.0, metadata={"env": "STOREGATE_BODY_TIMEOUT"})
@@ -114,6 +117,8 @@ def from_sources(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Se
         raise ConfigError("max_inflight must be at least 1")
     if settings.retention_interval <= 0:
         raise ConfigError("retention_interval must be positive")
+    if settings.sqlite_writer_hang_timeout <= 0:
+        raise ConfigError("sqlite_writer_hang_timeout must be positive")
     return settings.with_backends(environ)
 
 

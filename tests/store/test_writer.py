@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from storegate.errors import StoreUnavailable
-from storegate.store import MessagesQuery, NewCompletion, writer
+from storegate.store import MessagesQuery, NewCompletion
 from storegate.store.sqlite import SQLiteStore
 from storegate.store.writer import Writer, WriterLost, _Link
 from storegate.store.writer_process import Grouped, Op, commit
@@ -108,6 +108,81 @@ def test_a_failed_group_commit_leaves_nothing_for_the_cycle_collector(tmp_path: 
         assert [r() for r in refs] == [None] * 5
     finally:
         gc.enable()
+        conn.close()
+
+
+def _locked_db(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection, list[str]]:
+    """A writer's connection (busy_timeout 50 ms, its BEGINs recorded) and another that can take the
+    write lock from it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    conn.execute("PRAGMA busy_timeout = 50")
+    begun: list[str] = []
+    conn.set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+    return conn, sqlite3.connect(path, isolation_level=None), begun
+
+
+def _inserts(count: int) -> list[tuple[Op, int]]:
+    def insert(n: int) -> Op:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO t VALUES (?)", (n,))
+
+        return op
+
+    return [(insert(n), n) for n in range(count)]
+
+
+def _all_busy(outcomes: list[tuple[object, object, BaseException | None]], count: int) -> None:
+    assert [key for key, _, _ in outcomes] == list(range(count))
+    errors = [error for _, _, error in outcomes]
+    assert all(
+        isinstance(e, sqlite3.OperationalError) and e.sqlite_errorcode == sqlite3.SQLITE_BUSY for e in errors
+    )
+    assert len({id(e) for e in errors}) == count, "each caller gets its own exception"
+
+
+def test_a_batch_that_cannot_get_the_write_lock_fails_after_one_wait_not_one_per_write(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the write lock past busy_timeout: no write ran, and replaying each alone
+    would wait busy_timeout once more per write (512 of them: ~85 min at 10 s) while every later write
+    of the server waits behind them. They all fail after the one wait."""
+    conn, holder, begun = _locked_db(tmp_path / "l.db")
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        _all_busy(commit(conn, _inserts(5)), 5)
+        assert len(begun) == 1
+        holder.execute("ROLLBACK")
+        assert commit(conn, _inserts(3)) == [(n, None, None) for n in range(3)]  # the lock is free again
+    finally:
+        holder.close()
+        conn.close()
+
+
+def test_a_replay_that_loses_the_write_lock_fails_the_writes_left_after_one_wait(tmp_path: Path) -> None:
+    """A group fails on one write and is replayed one write at a time; another process takes the lock
+    before the replay's first transaction: that write and those after it fail after its one wait."""
+    conn, holder, begun = _locked_db(tmp_path / "r.db")
+    batch = _inserts(4)
+
+    def fail(db: sqlite3.Connection) -> None:
+        raise sqlite3.IntegrityError("one write's own failure")
+
+    batch[2] = (fail, 2)
+
+    def take_the_lock_at_the_first_replay(sql: str) -> None:
+        if sql.startswith("BEGIN"):
+            begun.append(sql)
+            if len(begun) == 2:
+                holder.execute("BEGIN IMMEDIATE")
+
+    conn.set_trace_callback(take_the_lock_at_the_first_replay)
+    try:
+        _all_busy(commit(conn, batch), 4)
+        assert len(begun) == 2
+    finally:
+        holder.close()
         conn.close()
 
 
@@ -408,15 +483,14 @@ def test_writes_are_settled_only_once_the_writer_process_has_ended(tmp_path: Pat
 
 
 def test_a_writer_that_does_not_end_after_its_link_closed_is_killed_and_its_writes_fail(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """A hung process (here: stopped) would hold its unanswered writes forever: after the grace it is
     killed, and they are settled (looked up, not found, failed)."""
-    monkeypatch.setattr(writer, "_SETTLE_GRACE_S", 0.5)
     path = tmp_path / "h.db"
 
     async def main() -> None:
-        store = SQLiteStore(str(path))
+        store = SQLiteStore(str(path), hang_timeout=0.5)
         await store.open()
         try:
             pid = store.writer_pid
@@ -441,15 +515,12 @@ def test_a_writer_that_does_not_end_after_its_link_closed_is_killed_and_its_writ
     asyncio.run(main())
 
 
-def test_a_hung_writer_with_nothing_unanswered_is_killed_and_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_hung_writer_with_nothing_unanswered_is_killed_and_replaced(tmp_path: Path) -> None:
     """The restart waits for the old process to end: a hung one is killed after the grace, writes
     waiting on it or not."""
-    monkeypatch.setattr(writer, "_SETTLE_GRACE_S", 0.5)
 
     async def main() -> None:
-        store = SQLiteStore(str(tmp_path / "r.db"))
+        store = SQLiteStore(str(tmp_path / "r.db"), hang_timeout=0.5)
         await store.open()
         try:
             pid = store.writer_pid
@@ -470,16 +541,61 @@ def test_a_hung_writer_with_nothing_unanswered_is_killed_and_replaced(
     asyncio.run(main())
 
 
-def test_stopping_a_hung_writer_kills_it_after_the_grace_and_fails_its_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_writer_that_hangs_while_writes_wait_is_killed_and_replaced(tmp_path: Path) -> None:
+    """A writer that stops answering while serving (here: stopped) would hold its writes, and every
+    later one, without limit: once it has answered nothing for hang_timeout while writes waited, it is
+    killed, its unanswered insert is settled (looked up, not found, failed), and another takes over."""
+
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "w.db"), hang_timeout=0.5)
+        await store.open()
+        try:
+            pid = store.writer_pid
+            assert pid is not None
+            with _stopped(pid):
+                made = completion()
+                with pytest.raises(WriterLost):
+                    await asyncio.wait_for(store.insert(made), 30)
+                with pytest.raises(ProcessLookupError):  # killed and reaped
+                    os.kill(pid, 0)
+            assert await store.get("p", made.id) is None
+            late = completion()
+            await _insert_once_a_new_writer_takes_over(store, late, "no new writer took over")
+            assert store.writer_pid not in (None, pid)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_writer_that_is_idle_or_keeps_answering_is_not_taken_for_hung(tmp_path: Path) -> None:
+    """The watchdog kills only a writer silent while writes wait: not one with nothing to do, nor one
+    that answers write after write, however long each hang_timeout lasts."""
+
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "i.db"), hang_timeout=0.2)
+        await store.open()
+        try:
+            pid = store.writer_pid
+            await asyncio.sleep(1.0)  # idle through five looks
+            assert store.writer_pid == pid
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:  # busy through five more
+                await store.insert(completion())
+            assert store.writer_pid == pid
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_stopping_a_hung_writer_kills_it_after_the_grace_and_fails_its_writes(tmp_path: Path) -> None:
     """A server's shutdown waits for its writer to finish what was sent, but not forever: a hung one
     (here: stopped) is killed after the grace, and its unanswered insert fails, stored nowhere."""
-    monkeypatch.setattr(writer, "_SETTLE_GRACE_S", 0.5)
     path = tmp_path / "s.db"
 
     async def main() -> None:
-        store = SQLiteStore(str(path))
+        store = SQLiteStore(str(path), hang_timeout=0.5)
         await store.open()
         pid = store.writer_pid
         assert pid is not None
@@ -502,15 +618,12 @@ def test_stopping_a_hung_writer_kills_it_after_the_grace_and_fails_its_writes(
     asyncio.run(main())
 
 
-def test_stopping_while_a_restart_waits_for_a_hung_writer_still_ends_that_writer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_stopping_while_a_restart_waits_for_a_hung_writer_still_ends_that_writer(tmp_path: Path) -> None:
     """The restart that waits for a hung process to end is cancelled by the stop; the stop still
     waits for that end (the process killed after the grace), so no hung writer outlives the server."""
-    monkeypatch.setattr(writer, "_SETTLE_GRACE_S", 0.5)
 
     async def main() -> None:
-        store = SQLiteStore(str(tmp_path / "c.db"))
+        store = SQLiteStore(str(tmp_path / "c.db"), hang_timeout=0.5)
         await store.open()
         pid = store.writer_pid
         assert pid is not None

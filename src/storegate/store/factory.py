@@ -24,6 +24,7 @@ def make_store(settings: Settings) -> Store:
             synchronous=settings.sqlite_synchronous,
             cache_mib=settings.sqlite_cache_mib,
             queue_max=settings.write_queue_max,
+            hang_timeout=settings.sqlite_writer_hang_timeout,
         )
     if settings.db.startswith(POSTGRES_PREFIXES):
         from storegate.store.postgres import PostgresStore

@@ -30,7 +30,7 @@ from storegate.store.base import (
 from storegate.store.migrate import apply_sqlite
 from storegate.store.sql import COUNT_CAP, Filter, count_sql, filters, list_sql
 from storegate.store.sqlite_writes import connect
-from storegate.store.writer import Writer, WriterLost, WriterOverloaded, process_argv
+from storegate.store.writer import HANG_TIMEOUT_S, Writer, WriterLost, WriterOverloaded, process_argv
 
 log = logging.getLogger(__name__)
 Rows = list[Any]
@@ -52,14 +52,20 @@ _KEY_TRIGGERS = (
 
 class SQLiteStore:
     def __init__(
-        self, path: str, *, synchronous: str = "FULL", cache_mib: int = 64, queue_max: int = 10_000
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        cache_mib: int = 64,
+        queue_max: int = 10_000,
+        hang_timeout: float = HANG_TIMEOUT_S,
     ) -> None:
         self._path = path
         self._synchronous = synchronous.upper()
         self._cache_kib = cache_mib * 1024
         config = json.dumps({"path": path, "synchronous": self._synchronous, "cache_kib": self._cache_kib,
                              "log_level": logging.getLogger("storegate").getEffectiveLevel()})  # fmt: skip
-        self._writer = Writer(process_argv("storegate.store.sqlite_writer", config), queue_max)
+        self._writer = Writer(process_argv("storegate.store.sqlite_writer", config), queue_max, hang_timeout)
         self._reader: sqlite3.Connection | None = None
         self._aside: sqlite3.Connection | None = None  # used only in _aside_pool's one thread
         self._aside_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storegate-sqlite-reader")

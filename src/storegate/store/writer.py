@@ -17,9 +17,10 @@ what has come, commits it as one batch, and sends back each write's result or ex
 acknowledged only after its COMMIT returned (with the default synchronous=FULL: on disk). If the
 server dies (even on kill -9), the process reads to the end of what was sent, commits it, and exits.
 If the process dies, the writes it had not acknowledged fail (WriterLost, a StoreUnavailable) once
-it has exited, and a new process is started a second later. Such a write may have been committed,
-its answer lost with the process: an insert is then looked up, and confirmed if it is there
-(SQLiteStore.insert).
+it has exited, and a new process is started a second later; one that answers nothing for
+`hang_timeout` while writes wait on it (hung: stopped, deadlocked) is killed, and the same follows.
+Such a write may have been committed, its answer lost with the process: an insert is then looked
+up, and confirmed if it is there (SQLiteStore.insert).
 """
 
 import asyncio
@@ -36,10 +37,11 @@ from storegate.store.writer_process import FRAME, frames
 
 log = logging.getLogger("storegate.store")
 _RESTART_DELAY_S = 1.0
-# How long a process whose link closed may take to end, and one asked to stop may go without
-# answering, before it is killed: it may be finishing a batch (waiting up to busy_timeout, 10 s, for a
-# lock), or hung (a stopped process; one stuck in the kernel on a dead disk ends only once its I/O does).
-_SETTLE_GRACE_S = 30.0
+# The default of how long a process may go without answering while writes wait on it (serving or
+# finishing), and a process whose link closed may take to end, before it is killed: it may be
+# committing a batch (waiting up to busy_timeout, 10 s, for a lock another process holds), or hung (a
+# stopped process; one stuck in the kernel on a dead disk ends only once its I/O does).
+HANG_TIMEOUT_S = 30.0
 
 
 class WriterOverloaded(Exception):
@@ -54,9 +56,10 @@ class WriterLost(StoreUnavailable):
 class Writer:
     """The server's handle on its writer process: `submit` a command, await its outcome."""
 
-    def __init__(self, argv: list[str], queue_max: int) -> None:
+    def __init__(self, argv: list[str], queue_max: int, hang_timeout: float = HANG_TIMEOUT_S) -> None:
         self._argv = argv  # runs `serve`; the socket's descriptor is appended
         self._queue_max = queue_max
+        self.hang_timeout = hang_timeout
         self._proc: asyncio.subprocess.Process | None = None
         self._link: _Link | None = None
         self._stopping = False
@@ -105,7 +108,7 @@ class Writer:
         return link.send(name, args)
 
     async def stop(self) -> None:
-        """Finish every write sent, then stop the process. One that answers nothing for _SETTLE_GRACE_S
+        """Finish every write sent, then stop the process. One that answers nothing for hang_timeout
         meanwhile (hung) is killed: what it had not answered is then settled as after any writer's
         death (_settle), and the server's shutdown goes on."""
         self._stopping = True
@@ -117,7 +120,7 @@ class Writer:
         link = self._link
         if link is not None:
             link.finish()
-            await _finished(link)
+            await _finished(link, self.hang_timeout)
         await self._reap()
         # Not gather: a cancelled stop must not cancel them. The ends of processes whose link closed
         # before (a restart this stop cancelled may have been waiting for one, or killing it), and the
@@ -191,7 +194,9 @@ class _Link(asyncio.Protocol):
         self._finishing = False
         self._process = process
         self.exited: asyncio.Future[None] | None = None  # once closed: its process's end (_exit_of)
-        self.answers = 0  # reads from the process: while they come, a finishing process is not hung
+        self.answers = 0  # reads from the process: while they come, it is not hung
+        self._seen = (0, False)  # (answers, writes waited) at the watchdog's last look
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def pid(self) -> int:
@@ -243,6 +248,8 @@ class _Link(asyncio.Protocol):
             if not self.ready.done():  # the first message: the process's start, or why it failed
                 self._started = message is None
                 self.ready.set_result(message)
+                if self._started:
+                    self._watchdog = self._loop.call_later(self._writer.hang_timeout, self._watch)
                 continue
             for seq, result, error in message:
                 future = self.pending.pop(seq, None)
@@ -253,11 +260,30 @@ class _Link(asyncio.Protocol):
                 else:
                     future.set_result(result)
 
+    def _watch(self) -> None:
+        """Every hang_timeout while the link takes commands: a process that has answered nothing
+        since the last look, while writes waited on it all along, is hung (stopped, deadlocked), and
+        would hold them and every later write without limit. It is killed: its unanswered writes are
+        then settled, and another process started, as after any writer's death. (Finishing, stop's
+        _finished watches it.) Nothing on the write path: one timer per hang_timeout."""
+        if not self.open:
+            return
+        now = (self.answers, bool(self.pending))
+        if now[1] and self._seen == now:
+            log.error("the SQLite writer process (pid %s) answered nothing for %g s while writes waited"
+                      " on it; killing it", self.pid, self._writer.hang_timeout)  # fmt: skip
+            self.kill()
+            return
+        self._seen = now
+        self._watchdog = self._loop.call_later(self._writer.hang_timeout, self._watch)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if not self.ready.done():
             self.ready.set_result(StoreUnavailable("the SQLite writer process ended before it started"))
         pending, self.pending = self.pending, {}
-        self.exited = asyncio.ensure_future(_exit_of(self._process))
+        self.exited = asyncio.ensure_future(_exit_of(self._process, self._writer.hang_timeout))
         self._writer._exiting(self.exited)
         if pending:
             self._writer._settle(self.exited, list(pending.values()))
@@ -266,34 +292,34 @@ class _Link(asyncio.Protocol):
             self._writer._lost(self)
 
 
-async def _finished(link: _Link) -> None:
+async def _finished(link: _Link, grace: float) -> None:
     """The close of a link asked to finish, as long as its process keeps answering (a deep queue, a
-    wait for a lock); one that answers nothing for _SETTLE_GRACE_S (hung: stopped, deadlocked) is
-    killed. One stuck in the kernel on a dead disk ends only once its I/O does."""
+    wait for a lock); one that answers nothing for `grace` (hung: stopped, deadlocked) is killed. One
+    stuck in the kernel on a dead disk ends only once its I/O does."""
     while True:
         answers = link.answers
         # asyncio.wait, not a timeout around an await: that would cancel link.closed itself.
-        await asyncio.wait((link.closed,), timeout=_SETTLE_GRACE_S)
+        await asyncio.wait((link.closed,), timeout=grace)
         if link.closed.done():
             return
         if link.answers == answers:
             break
     log.error("the SQLite writer process (pid %s) answered nothing for %g s after it was asked to stop;"
-              " killing it", link.pid, _SETTLE_GRACE_S)  # fmt: skip
+              " killing it", link.pid, grace)  # fmt: skip
     link.kill()
     await asyncio.wait((link.closed,))  # its socket closes as it ends
 
 
-async def _exit_of(process: asyncio.subprocess.Process) -> None:
-    """The end of a process whose link closed. One that has not ended _SETTLE_GRACE_S later (hung:
-    stopped, deadlocked) is killed: then it commits nothing more. (One stuck in the kernel on a dead
-    disk ends only once its I/O does.)"""
+async def _exit_of(process: asyncio.subprocess.Process, grace: float) -> None:
+    """The end of a process whose link closed. One that has not ended `grace` later (hung: stopped,
+    deadlocked) is killed: then it commits nothing more. (One stuck in the kernel on a dead disk ends
+    only once its I/O does.)"""
     try:
-        async with asyncio.timeout(_SETTLE_GRACE_S):
+        async with asyncio.timeout(grace):
             await process.wait()
     except TimeoutError:
         log.error("the SQLite writer process (pid %s) has not ended %g s after its link closed;"
-                  " killing it", process.pid, _SETTLE_GRACE_S)  # fmt: skip
+                  " killing it", process.pid, grace)  # fmt: skip
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()

@@ -6,6 +6,7 @@ Frames on the socket, both ways: a message's length (u32), then its pickle. The 
 (sequence number, command name, arguments); the process answers a list of (sequence number, result,
 exception) per batch, after its COMMIT."""
 
+import copy
 import logging
 import pickle
 import socket
@@ -40,32 +41,53 @@ FRAME = struct.Struct("<I")  # each message: its length, then its pickle
 
 
 def commit(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcome]:
-    """Run a batch of (write, key) in one transaction; if it fails, replay each write alone. Every
-    write gets its outcome; nothing raises."""
+    """Run a batch of (write, key) in one transaction; if a write fails, replay each write alone, so
+    the failure reaches only its own caller. Every write gets its outcome; nothing raises.
+
+    When the transaction cannot begin (the write lock not had within busy_timeout: another process
+    holds it, `storegate db compact` for one), no write ran and none is replayed: each would wait its
+    own busy_timeout for the same lock, and a batch of 512 would hold every write of the server for
+    an hour and a half. They all fail with that error (503), after one wait."""
     try:
-        return _transaction(conn, batch)
-    except Exception as exc:  # the writer must outlive any one failure
-        if len(batch) == 1:
-            outcomes: list[Outcome] = [(batch[0][1], None, exc)]
-        else:
-            log.warning("group commit of %d writes failed (%s); replaying them one by one", len(batch), exc)
-            outcomes = []
-            for item in batch:
-                try:
-                    outcomes += _transaction(conn, [item])
-                except Exception as one:
-                    outcomes.append((item[1], None, one))
-            del item
+        conn.execute("BEGIN IMMEDIATE")
+    except Exception as exc:
+        outcomes = _failed(batch, exc)
+    else:
+        try:
+            outcomes = _within(conn, batch)
+        except Exception as exc:  # the writer must outlive any one failure
+            outcomes = [(batch[0][1], None, exc)] if len(batch) == 1 else _replayed(conn, batch, exc)
     for _, _, error in outcomes:
         if error is not None:
             _drop_tracebacks(error)
     return outcomes
 
 
-def _transaction(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcome]:
-    """Run the batch in one transaction; on any error roll it all back and raise."""
+def _replayed(conn: sqlite3.Connection, batch: list[tuple[Op, Any]], exc: Exception) -> list[Outcome]:
+    """Each write of a batch that failed, in a transaction of its own."""
+    log.warning("group commit of %d writes failed (%s); replaying them one by one", len(batch), exc)
+    outcomes: list[Outcome] = []
+    for n, item in enumerate(batch):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception as busy:  # the lock went elsewhere meanwhile: as in commit, after one wait
+            return outcomes + _failed(batch[n:], busy)
+        try:
+            outcomes += _within(conn, [item])
+        except Exception as one:
+            outcomes.append((item[1], None, one))
+    return outcomes
+
+
+def _failed(batch: list[tuple[Op, Any]], exc: Exception) -> list[Outcome]:
+    """Each write of `batch` failed with `exc`: its own copy, so no two callers raise one object."""
+    return [(key, None, exc if n == 0 else copy.copy(exc)) for n, (_, key) in enumerate(batch)]
+
+
+def _within(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcome]:
+    """Run the batch in the transaction just begun, and commit it; on any error roll it all back and
+    raise."""
     try:
-        conn.execute("BEGIN IMMEDIATE")
         outcomes: list[Outcome] = []
         for run in _runs(batch):
             head = run[0][0]
