@@ -4,6 +4,7 @@ Settings are built once (from flags, environment and file) and passed down; noth
 environment after start-up.
 """
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -117,8 +118,8 @@ def from_sources(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Se
         raise ConfigError("max_inflight must be at least 1")
     if settings.retention_interval <= 0:
         raise ConfigError("retention_interval must be positive")
-    if settings.sqlite_writer_hang_timeout <= 0:
-        raise ConfigError("sqlite_writer_hang_timeout must be positive")
+    if not 0 < settings.sqlite_writer_hang_timeout < math.inf:
+        raise ConfigError("sqlite_writer_hang_timeout must be a positive number of seconds")
     return settings.with_backends(environ)
 
 

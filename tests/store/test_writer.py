@@ -4,7 +4,9 @@ import asyncio
 import contextlib
 import gc
 import os
+import pickle
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +22,7 @@ from storegate.errors import StoreUnavailable
 from storegate.store import MessagesQuery, NewCompletion
 from storegate.store.sqlite import SQLiteStore
 from storegate.store.writer import Writer, WriterLost, _Link
-from storegate.store.writer_process import Grouped, Op, commit
+from storegate.store.writer_process import FRAME, Grouped, Op, commit, frames, serve
 from tests.store.test_contract import completion
 
 
@@ -184,6 +187,62 @@ def test_a_replay_that_loses_the_write_lock_fails_the_writes_left_after_one_wait
     finally:
         holder.close()
         conn.close()
+
+
+def test_a_transaction_a_failed_rollback_left_open_is_ended_before_the_next_batch(tmp_path: Path) -> None:
+    """A ROLLBACK that failed leaves a transaction open: it would refuse every later BEGIN and keep
+    the write lock, a writer that answers (no watchdog fires) and never writes again."""
+    conn, other, _ = _locked_db(tmp_path / "t.db")
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # as a failed ROLLBACK would have left it
+        assert commit(conn, _inserts(3)) == [(n, None, None) for n in range(3)]
+        assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 3
+    finally:
+        other.close()
+        conn.close()
+
+
+def test_the_batches_of_one_read_wait_for_a_lock_not_had_once_not_once_each(tmp_path: Path) -> None:
+    """What the process reads at once is cut into batches of 512; once one waited busy_timeout for a
+    write lock another process holds, the others try it once each without waiting (10,000 queued
+    writes would otherwise wait 20 busy_timeouts), and the next read waits again."""
+    conn, holder, _ = _locked_db(tmp_path / "s.db")
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    ours, theirs = socket.socketpair()
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        sent = [pickle.dumps((seq, "insert", (seq,))) for seq in range(600)]  # two batches: 512 and 88
+        ours.sendall(b"".join(FRAME.pack(len(data)) + data for data in sent))
+        ours.shutdown(socket.SHUT_WR)  # then the end: serve returns once it has answered them
+        ops = {key: op for op, key in _inserts(600)}
+        serve(conn, theirs, lambda name, args: ops[args[0]])  # (its answers fit the socket's buffer)
+        theirs.close()
+        answers = [a for message in _messages(ours) for a in message]
+        assert sorted(seq for seq, _, _ in answers) == list(range(600))
+        _all_busy(sorted(answers, key=lambda a: int(a[0])), 600)
+        waits = [s for s in statements if s.startswith(("BEGIN", "PRAGMA busy_timeout"))]
+        assert waits == [
+            "PRAGMA busy_timeout",  # serve reads it once
+            "BEGIN IMMEDIATE",  # the first batch: waited, did not get the lock
+            "PRAGMA busy_timeout = 0",
+            "BEGIN IMMEDIATE",  # the second: tried without waiting
+            "PRAGMA busy_timeout = 50",  # the next read waits again
+        ]
+    finally:
+        ours.close()
+        theirs.close()
+        holder.close()
+        conn.close()
+
+
+def _messages(sock: socket.socket) -> list[Any]:
+    data = bytearray()
+    while chunk := sock.recv(1 << 20):
+        data += chunk
+    messages, used = frames(data)
+    assert used == len(data)
+    return messages
 
 
 def test_a_command_the_writer_cannot_run_fails_alone(tmp_path: Path) -> None:
@@ -570,20 +629,57 @@ def test_a_writer_that_hangs_while_writes_wait_is_killed_and_replaced(tmp_path: 
 
 def test_a_writer_that_is_idle_or_keeps_answering_is_not_taken_for_hung(tmp_path: Path) -> None:
     """The watchdog kills only a writer silent while writes wait: not one with nothing to do, nor one
-    that answers write after write, however long each hang_timeout lasts."""
+    that answers write after write, however many looks go by."""
 
     async def main() -> None:
-        store = SQLiteStore(str(tmp_path / "i.db"), hang_timeout=0.2)
+        store = SQLiteStore(str(tmp_path / "i.db"), synchronous="OFF", hang_timeout=0.5)
         await store.open()
         try:
             pid = store.writer_pid
-            await asyncio.sleep(1.0)  # idle through five looks
+            await asyncio.sleep(1.2)  # idle through two looks
             assert store.writer_pid == pid
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:  # busy through five more
+            deadline = time.monotonic() + 1.2
+            while time.monotonic() < deadline:  # busy through two more
                 await store.insert(completion())
             assert store.writer_pid == pid
         finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_the_watchdog_kills_a_writer_only_when_writes_waited_unanswered_from_one_look_to_the_next(
+    tmp_path: Path,
+) -> None:
+    """Its looks, one by one (the timer cancelled, the kill recorded): idle, answering, a look far
+    later than due (this process was paused: the writer may have answered unread), and hung."""
+
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "l.db"), hang_timeout=60)
+        await store.open()
+        link = store._writer._link
+        assert link is not None and link._watchdog is not None
+        link._watchdog.cancel()
+        killed: list[int] = []
+        link.kill = lambda: killed.append(link.answers)  # type: ignore[method-assign]
+        try:
+            link._watch()
+            link._watch()  # idle from one look to the next
+            assert not killed
+            link.pending[-1] = asyncio.get_running_loop().create_future()  # a write waits from here on
+            link._watch()
+            link.answers += 1
+            link._watch()  # it answered meanwhile (others' writes)
+            assert not killed
+            link._due = asyncio.get_running_loop().time() - 60
+            link._watch()  # silent, but this look comes a whole hang_timeout late
+            assert not killed
+            link._watch()  # silent, the write waiting all along
+            assert killed == [link.answers]
+        finally:
+            link.pending.pop(-1).cancel()
+            assert link._watchdog is not None
+            link._watchdog.cancel()
             await store.close()
 
     asyncio.run(main())

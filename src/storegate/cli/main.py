@@ -41,7 +41,7 @@ def _serve_flags(serve: argparse.ArgumentParser) -> None:
     )
     add("--write-queue-max", type=int, help="pending writes before new ones get 503 (10000)")
     add("--sqlite-writer-hang-timeout", type=float,
-        help="seconds the SQLite writer may answer nothing while writes wait before it is restarted (30)")  # fmt: skip
+        help="seconds the SQLite writer may answer nothing while writes wait before it is killed (30)")  # fmt: skip
     add("--shutdown-timeout", type=float, help="seconds SIGTERM waits for in-flight requests")
     add("--retention-days", type=int, help="delete completions older than this (default: keep)")
     add("--retention-interval", type=float, help="seconds between retention passes (60)")

@@ -2,8 +2,9 @@
 commits (store/writer_process.py).
 
 Many requests' writes share one transaction and one fsync, and consecutive writes of one kind (the
-inserts of a busy server) run as one `many` call. Should anything fail, the batch is rolled back and
-replayed one write per transaction, so a failure reaches only its own caller.
+inserts of a busy server) run as one `many` call. Should a write fail, the batch is rolled back and
+replayed one write per transaction, so a failure reaches only its own caller; should the transaction
+not begin (the write lock not had), no write ran, and all fail (writer_process.commit).
 
 Why a process, not a thread: a writer thread shares the event loop's GIL. It holds it to build rows
 and bind them, and it takes it back after every SQLite statement (the sqlite3 module releases it
@@ -197,19 +198,22 @@ class _Link(asyncio.Protocol):
         self.answers = 0  # reads from the process: while they come, it is not hung
         self._seen = (0, False)  # (answers, writes waited) at the watchdog's last look
         self._watchdog: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the watchdog's next look is due
+        self._killed = False
 
     @property
     def pid(self) -> int:
         return self._process.pid
 
     def kill(self) -> None:
+        self._killed = True  # takes no more commands (a process stuck in the kernel may take a while to end)
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
 
     @property
     def open(self) -> bool:
-        """It takes commands: its process started, and it is neither finishing nor closed."""
-        return self._started and not self._finishing and not self.closed.done()
+        """It takes commands: its process started, and it is neither finishing, killed nor closed."""
+        return self._started and not self._finishing and not self._killed and not self.closed.done()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -249,7 +253,7 @@ class _Link(asyncio.Protocol):
                 self._started = message is None
                 self.ready.set_result(message)
                 if self._started:
-                    self._watchdog = self._loop.call_later(self._writer.hang_timeout, self._watch)
+                    self._look_later()
                 continue
             for seq, result, error in message:
                 future = self.pending.pop(seq, None)
@@ -269,13 +273,20 @@ class _Link(asyncio.Protocol):
         if not self.open:
             return
         now = (self.answers, bool(self.pending))
-        if now[1] and self._seen == now:
+        # A look far later than due: this process itself was stalled or paused (SIGTSTP, `docker
+        # pause`, a debugger), its writer with it, and answers may sit unread: judge from here on.
+        late = self._loop.time() - self._due > self._writer.hang_timeout / 2
+        if now[1] and self._seen == now and not late:
             log.error("the SQLite writer process (pid %s) answered nothing for %g s while writes waited"
                       " on it; killing it", self.pid, self._writer.hang_timeout)  # fmt: skip
             self.kill()
             return
         self._seen = now
-        self._watchdog = self._loop.call_later(self._writer.hang_timeout, self._watch)
+        self._look_later()
+
+    def _look_later(self) -> None:
+        self._due = self._loop.time() + self._writer.hang_timeout
+        self._watchdog = self._loop.call_at(self._due, self._watch)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watchdog is not None:

@@ -44,13 +44,14 @@ def commit(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcom
     """Run a batch of (write, key) in one transaction; if a write fails, replay each write alone, so
     the failure reaches only its own caller. Every write gets its outcome; nothing raises.
 
-    When the transaction cannot begin (the write lock not had within busy_timeout: another process
-    holds it, `storegate db compact` for one), no write ran and none is replayed: each would wait its
-    own busy_timeout for the same lock, and a batch of 512 would hold every write of the server for
-    an hour and a half. They all fail with that error (503), after one wait."""
+    When the transaction cannot begin (the write lock not had within busy_timeout: a `sqlite3` shell
+    in a transaction, a backup tool, `storegate db migrate` holds it), no write ran and none is
+    replayed: each would wait its own busy_timeout for the same lock, and a batch of 512 would hold
+    every write of the server for an hour and a half. They all fail with that error (503)."""
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        _begin(conn)
     except Exception as exc:
+        log.warning("could not begin a transaction for %d writes (%s); failing them", len(batch), exc)
         outcomes = _failed(batch, exc)
     else:
         try:
@@ -69,7 +70,7 @@ def _replayed(conn: sqlite3.Connection, batch: list[tuple[Op, Any]], exc: Except
     outcomes: list[Outcome] = []
     for n, item in enumerate(batch):
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
         except Exception as busy:  # the lock went elsewhere meanwhile: as in commit, after one wait
             return outcomes + _failed(batch[n:], busy)
         try:
@@ -79,9 +80,33 @@ def _replayed(conn: sqlite3.Connection, batch: list[tuple[Op, Any]], exc: Except
     return outcomes
 
 
+def _begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE; first, the end of a transaction that a failed ROLLBACK left open (it would
+    refuse every BEGIN, and keep the write lock)."""
+    if conn.in_transaction:
+        _rollback(conn)
+    conn.execute("BEGIN IMMEDIATE")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.exception("rollback failed")
+
+
 def _failed(batch: list[tuple[Op, Any]], exc: Exception) -> list[Outcome]:
-    """Each write of `batch` failed with `exc`: its own copy, so no two callers raise one object."""
+    """Each write of `batch` failed with `exc`: each its own copy. (A batch's answers go in one pickle,
+    whose memo would otherwise make them one object, raised by every caller at once.)"""
     return [(key, None, exc if n == 0 else copy.copy(exc)) for n, (_, key) in enumerate(batch)]
+
+
+def _lock_not_had(outcomes: list[Outcome]) -> bool:
+    """Every write of a batch failed for want of the write lock (SQLITE_BUSY)."""
+    return all(
+        isinstance(error, sqlite3.OperationalError) and error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+        for _, _, error in outcomes
+    )
 
 
 def _within(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcome]:
@@ -99,10 +124,7 @@ def _within(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outco
         conn.execute("COMMIT")
     except Exception:
         if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.exception("rollback failed")
+            _rollback(conn)
         raise
     return outcomes
 
@@ -134,7 +156,12 @@ def _drop_tracebacks(failure: BaseException) -> None:
 
 def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
     """Commit the commands that come on `sock` in batches, answering each batch's outcomes in one
-    message, until the server closes its side; then return."""
+    message, until the server closes its side; then return.
+
+    What is read at once is cut into batches of 512. Once one of them has waited busy_timeout for a
+    write lock it did not get, the others of that read try the lock once each, without waiting:
+    10,000 queued writes wait ~10 s for a lock another process holds, not 20 times that."""
+    patience = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     buffer = bytearray()
     ended = False
     answering = True
@@ -142,22 +169,34 @@ def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
         ended = _receive(sock, buffer)
         commands, used = frames(buffer)
         del buffer[:used]
-        for start in range(0, len(commands), _BATCH_MAX):
-            batch: list[tuple[Op, Any]] = []
-            answers: list[Outcome] = []
-            for seq, name, args in commands[start : start + _BATCH_MAX]:
-                try:
-                    batch.append((build(name, args), seq))
-                except Exception as exc:  # a command this process cannot run: its caller's error
-                    answers.append((seq, None, exc))
-            if batch:
-                answers += commit(conn, batch)
-            if answering:
-                try:
-                    _send(sock, answers)
-                except OSError:  # the server is gone (killed): commit the rest of what it sent, unanswered
-                    answering = False
-            del batch, answers
+        waited = False
+        try:
+            for start in range(0, len(commands), _BATCH_MAX):
+                batch: list[tuple[Op, Any]] = []
+                answers: list[Outcome] = []
+                for seq, name, args in commands[start : start + _BATCH_MAX]:
+                    try:
+                        batch.append((build(name, args), seq))
+                    except Exception as exc:  # a command this process cannot run: its caller's error
+                        answers.append((seq, None, exc))
+                if batch:
+                    outcomes = commit(conn, batch)
+                    answers += outcomes
+                    if not waited and _lock_not_had(outcomes):
+                        waited = True
+                        conn.execute("PRAGMA busy_timeout = 0")
+                    del outcomes
+                if answering:
+                    try:
+                        _send(sock, answers)
+                    except (
+                        OSError
+                    ):  # the server is gone (killed): commit the rest of what it sent, unanswered
+                        answering = False
+                del batch, answers
+        finally:
+            if waited:
+                conn.execute(f"PRAGMA busy_timeout = {int(patience)}")
 
 
 def _receive(sock: socket.socket, buffer: bytearray) -> bool:
