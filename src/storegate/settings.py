@@ -118,8 +118,8 @@ def from_sources(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Se
         raise ConfigError("max_inflight must be at least 1")
     if settings.retention_interval <= 0:
         raise ConfigError("retention_interval must be positive")
-    if not 0 < settings.sqlite_writer_hang_timeout < math.inf:
-        raise ConfigError("sqlite_writer_hang_timeout must be a positive number of seconds")
+    if not 1 <= settings.sqlite_writer_hang_timeout < math.inf:  # (below, a loop's jitter makes looks late)
+        raise ConfigError("sqlite_writer_hang_timeout must be a number of seconds, at least 1")
     return settings.with_backends(environ)
 
 

@@ -69,7 +69,7 @@ def test_a_backend_url_loses_its_trailing_slash() -> None:
 
 @pytest.mark.parametrize("env", [{"STOREGATE_PORT": "x"}, {"STOREGATE_RETENTION_DAYS": "0"},
                                  {"STOREGATE_SQLITE_SYNCHRONOUS": "SOMETIMES"}, {"STOREGATE_EVENT_LOOP": "tokio"},
-                                 {"STOREGATE_SQLITE_WRITER_HANG_TIMEOUT": "0"},
+                                 {"STOREGATE_SQLITE_WRITER_HANG_TIMEOUT": "0.5"},
                                  {"STOREGATE_SQLITE_WRITER_HANG_TIMEOUT": "nan"},
                                  {"STOREGATE_SQLITE_WRITER_HANG_TIMEOUT": "inf"}])  # fmt: skip
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:

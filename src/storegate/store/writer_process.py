@@ -12,6 +12,7 @@ import pickle
 import socket
 import sqlite3
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -104,7 +105,8 @@ def _failed(batch: list[tuple[Op, Any]], exc: Exception) -> list[Outcome]:
 def _lock_not_had(outcomes: list[Outcome]) -> bool:
     """Every write of a batch failed for want of the write lock (SQLITE_BUSY)."""
     return all(
-        isinstance(error, sqlite3.OperationalError) and error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+        isinstance(error, sqlite3.OperationalError)
+        and getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY  # (not on one made in Python)
         for _, _, error in outcomes
     )
 
@@ -155,22 +157,17 @@ def _drop_tracebacks(failure: BaseException) -> None:
 
 
 def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
-    """Commit the commands that come on `sock` in batches, answering each batch's outcomes in one
-    message, until the server closes its side; then return.
-
-    What is read at once is cut into batches of 512. Once one of them has waited busy_timeout for a
-    write lock it did not get, the others of that read try the lock once each, without waiting:
-    10,000 queued writes wait ~10 s for a lock another process holds, not 20 times that."""
-    patience = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    """Commit the commands that come on `sock` in batches (what is read at once, 512 at most each),
+    answering each batch's outcomes in one message, until the server closes its side; then return."""
+    patience = _Patience(conn)
     buffer = bytearray()
     ended = False
     answering = True
-    while not ended:
-        ended = _receive(sock, buffer)
-        commands, used = frames(buffer)
-        del buffer[:used]
-        waited = False
-        try:
+    try:
+        while not ended:
+            ended = _receive(sock, buffer)
+            commands, used = frames(buffer)
+            del buffer[:used]
             for start in range(0, len(commands), _BATCH_MAX):
                 batch: list[tuple[Op, Any]] = []
                 answers: list[Outcome] = []
@@ -180,11 +177,10 @@ def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
                     except Exception as exc:  # a command this process cannot run: its caller's error
                         answers.append((seq, None, exc))
                 if batch:
+                    patience.before()
                     outcomes = commit(conn, batch)
+                    patience.after(outcomes)
                     answers += outcomes
-                    if not waited and _lock_not_had(outcomes):
-                        waited = True
-                        conn.execute("PRAGMA busy_timeout = 0")
                     del outcomes
                 if answering:
                     try:
@@ -194,9 +190,40 @@ def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
                     ):  # the server is gone (killed): commit the rest of what it sent, unanswered
                         answering = False
                 del batch, answers
-        finally:
-            if waited:
-                conn.execute(f"PRAGMA busy_timeout = {int(patience)}")
+    finally:
+        patience.restore()
+
+
+class _Patience:
+    """How long a batch waits for the write lock: busy_timeout, except for busy_timeout after a
+    batch waited that long for it in vain; then each batch tries it once, without waiting, until one
+    gets it or that time is over. A lock another process holds (a `sqlite3` shell in a transaction)
+    then costs a write ~one busy_timeout at most, however many queue behind it. Else each read of a
+    deep queue would wait its own: a read takes what the socket holds (~200 KB, ~200 inserts), and
+    10,000 queued inserts would fail after ~50 waits, the last of them minutes later."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        self._now = self._ms  # the connection's busy_timeout
+        self._hurry_until = 0.0  # (time.monotonic) no waiting before this
+
+    def before(self) -> None:
+        self._set(0 if time.monotonic() < self._hurry_until else self._ms)
+
+    def after(self, outcomes: list[Outcome]) -> None:
+        if not _lock_not_had(outcomes):
+            self._hurry_until = 0.0
+        elif self._now:  # it waited in vain
+            self._hurry_until = time.monotonic() + self._ms / 1000
+
+    def restore(self) -> None:
+        self._set(self._ms)
+
+    def _set(self, ms: int) -> None:
+        if ms != self._now:
+            self._conn.execute(f"PRAGMA busy_timeout = {ms}")
+            self._now = ms
 
 
 def _receive(sock: socket.socket, buffer: bytearray) -> bool:
