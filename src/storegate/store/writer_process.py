@@ -185,10 +185,8 @@ def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
                 if answering:
                     try:
                         _send(sock, answers)
-                    except (
-                        OSError
-                    ):  # the server is gone (killed): commit the rest of what it sent, unanswered
-                        answering = False
+                    except OSError:
+                        answering = False  # the server is gone (killed): commit the rest it sent, unanswered
                 del batch, answers
     finally:
         patience.restore()
