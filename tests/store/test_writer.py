@@ -498,6 +498,19 @@ def _stopped(pid: int) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
+async def _open_store(path: Path, hang_timeout: float) -> AsyncIterator[tuple[SQLiteStore, int]]:
+    """An open store and its writer process's pid; closed on the way out."""
+    store = SQLiteStore(str(path), hang_timeout=hang_timeout)
+    await store.open()
+    try:
+        pid = store.writer_pid
+        assert pid is not None
+        yield store, pid
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
 async def _insert_behind_a_lock(
     path: Path,
 ) -> AsyncIterator[tuple[SQLiteStore, sqlite3.Connection, NewCompletion, "asyncio.Future[None]"]]:
@@ -588,11 +601,7 @@ def test_a_hung_writer_with_nothing_unanswered_is_killed_and_replaced(tmp_path: 
     waiting on it or not."""
 
     async def main() -> None:
-        store = SQLiteStore(str(tmp_path / "r.db"), hang_timeout=0.5)
-        await store.open()
-        try:
-            pid = store.writer_pid
-            assert pid is not None
+        async with _open_store(tmp_path / "r.db", hang_timeout=0.5) as (store, pid):
             with _stopped(pid):
                 link = store._writer._link
                 assert link is not None and link._transport is not None
@@ -603,8 +612,6 @@ def test_a_hung_writer_with_nothing_unanswered_is_killed_and_replaced(tmp_path: 
                 )
             assert store.writer_pid not in (None, pid)
             assert await store.get("p", late.id) is not None
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -615,11 +622,7 @@ def test_a_writer_that_hangs_while_writes_wait_is_killed_and_replaced(tmp_path: 
     killed, its unanswered insert is settled (looked up, not found, failed), and another takes over."""
 
     async def main() -> None:
-        store = SQLiteStore(str(tmp_path / "w.db"), hang_timeout=0.5)
-        await store.open()
-        try:
-            pid = store.writer_pid
-            assert pid is not None
+        async with _open_store(tmp_path / "w.db", hang_timeout=0.5) as (store, pid):
             with _stopped(pid):
                 made = completion()
                 with pytest.raises(WriterLost):
@@ -630,8 +633,6 @@ def test_a_writer_that_hangs_while_writes_wait_is_killed_and_replaced(tmp_path: 
             late = completion()
             await _insert_once_a_new_writer_takes_over(store, late, "no new writer took over")
             assert store.writer_pid not in (None, pid)
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
