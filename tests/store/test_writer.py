@@ -531,6 +531,28 @@ async def _insert_behind_a_lock(
         await store.close()
 
 
+def test_a_write_behind_a_lock_held_past_busy_timeout_is_a_503_with_retry_after_and_stored_nowhere(
+    tmp_path: Path,
+) -> None:
+    """The contract's 503 (always with Retry-After) for a lock another process holds: the writer
+    process waits busy_timeout (10 s) once, fails the insert, and writes again once the lock is free
+    (the writes after it try the lock without waiting, and get it)."""
+
+    async def main() -> None:
+        async with _insert_behind_a_lock(tmp_path / "k.db") as (store, lock, made, inserting):
+            with pytest.raises(StoreUnavailable) as failed:
+                await asyncio.wait_for(inserting, 30)
+            assert failed.value.status == 503 and failed.value.headers["Retry-After"] == "1"
+            assert "database is locked" in failed.value.message
+            lock.execute("ROLLBACK")
+            assert await store.get("p", made.id) is None
+            late = completion()
+            await asyncio.wait_for(store.insert(late), 30)
+            assert await store.get("p", late.id) is not None
+
+    asyncio.run(main())
+
+
 def test_an_insert_not_committed_by_a_writer_that_died_fails_and_is_stored_nowhere(tmp_path: Path) -> None:
     async def main() -> None:
         async with _insert_behind_a_lock(tmp_path / "b.db") as (store, lock, made, inserting):
