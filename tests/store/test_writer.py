@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import pickle
 import signal
@@ -23,7 +24,7 @@ from storegate.errors import StoreUnavailable
 from storegate.store import MessagesQuery, NewCompletion
 from storegate.store.sqlite import SQLiteStore
 from storegate.store.writer import Writer, WriterLost, _Link
-from storegate.store.writer_process import FRAME, Grouped, Op, commit, frames, serve
+from storegate.store.writer_process import FRAME, Grouped, Op, Wedged, commit, frames, serve
 from tests.store.test_contract import completion
 
 
@@ -201,6 +202,94 @@ def test_a_transaction_a_failed_rollback_left_open_is_ended_before_the_next_batc
     finally:
         other.close()
         conn.close()
+
+
+def _deny_rollback(action: int, what: str | None, *_: object) -> int:
+    """An authorizer under which SQLite refuses to prepare ROLLBACK: a real failure of it."""
+    refused = action == sqlite3.SQLITE_TRANSACTION and what == "ROLLBACK"
+    return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+
+def test_a_connection_no_rollback_can_take_out_of_its_transaction_is_given_up(tmp_path: Path) -> None:
+    """A batch fails on one write and its ROLLBACK fails; before the replay, a second ROLLBACK fails:
+    the connection is stuck in the transaction, would refuse every BEGIN and keep the write lock.
+    commit raises Wedged (the writer process ends, and the server starts another); the connection's
+    close ends the transaction: nothing of the batch is stored, and the lock is free."""
+    conn, other, begun = _locked_db(tmp_path / "w.db")
+    batch = _inserts(3)
+
+    def fail(db: sqlite3.Connection) -> None:
+        raise sqlite3.IntegrityError("one write's own failure")
+
+    batch[1] = (fail, 1)
+    try:
+        conn.set_authorizer(_deny_rollback)
+        with pytest.raises(Wedged):
+            commit(conn, batch)
+        assert len(begun) == 1 and conn.in_transaction, "no second BEGIN was tried"
+        conn.close()
+        assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+        other.execute("BEGIN IMMEDIATE")  # the write lock is free
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        conn.close()
+
+
+# The real writer process (sqlite_writer.main), its connection refusing ROLLBACK.
+_WEDGING_WRITER = """
+import sqlite3, sys
+from storegate.store import sqlite_writer, sqlite_writes
+
+connect = sqlite_writes.connect_writer
+
+def connect_writer(*args):
+    conn = connect(*args)
+    conn.set_authorizer(lambda action, what, *_: sqlite3.SQLITE_DENY
+                        if action == sqlite3.SQLITE_TRANSACTION and what == "ROLLBACK" else sqlite3.SQLITE_OK)
+    return conn
+
+sqlite_writes.connect_writer = connect_writer
+sys.exit(sqlite_writer.main(sys.argv[1:]))
+"""
+
+
+def test_a_writer_process_whose_connection_is_stuck_in_a_transaction_ends_and_another_takes_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the real process: a write fails, and the ROLLBACKs after it fail, leaving the connection
+    in its transaction. The process ends (status 1) rather than answer every later write with an
+    error while it keeps the write lock; the writes it had not answered fail and are stored nowhere;
+    a new process takes over."""
+
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "x.db"))
+        argv = store._writer._argv
+        store._writer._argv = [sys.executable, "-P", "-c", _WEDGING_WRITER, *argv[4:]]  # (its config)
+        await store.open()
+        try:
+            first = store.writer_pid
+            await store._writer.submit("add_key", "key_2", "p", b"i" * 8, "sk-y", None, 0)
+            # Sent in one pass: a batch that the duplicate key fails, or (read apart) a batch of that
+            # write alone, answered, then the inserts' batch, which finds the transaction left open.
+            duplicate = store._writer.submit("add_key", "key_2", "p", b"j" * 8, "sk-z", None, 0)
+            made = [completion(), completion()]
+            inserts = await asyncio.gather(*(store.insert(c) for c in made), return_exceptions=True)
+            assert [type(r) for r in inserts] == [WriterLost] * 2, inserts
+            with pytest.raises((WriterLost, sqlite3.IntegrityError)):
+                await duplicate
+            for c in made:
+                assert await store.get("p", c.id) is None
+            late = completion()
+            await _insert_once_a_new_writer_takes_over(store, late, "no new writer took over")
+            assert store.writer_pid not in (None, first)
+            assert await store.get("p", late.id) is not None
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.ERROR, logger="storegate.store"):
+        asyncio.run(main())
+    assert "the SQLite writer process ended (exit status 1)" in caplog.text
 
 
 def test_writes_queued_behind_a_lock_not_had_wait_for_it_once_not_once_per_read(tmp_path: Path) -> None:

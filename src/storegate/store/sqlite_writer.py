@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
     # Only what the writes need: not the server's modules, nor asyncio (a store opens as fast as this
     # process starts).
     from storegate.store.sqlite_writes import connect_writer, write
-    from storegate.store.writer_process import send_ready, serve, socket_from_argv
+    from storegate.store.writer_process import Wedged, send_ready, serve, socket_from_argv
 
     config = json.loads(argv[0])
     logging.basicConfig(level=config["log_level"], format="%(message)s", stream=sys.stderr)
@@ -33,6 +33,9 @@ def main(argv: list[str]) -> int:
     try:
         send_ready(sock, None)
         serve(conn, sock, write)
+    except Wedged as exc:
+        logging.getLogger("storegate.store").error("%s; ending this writer process for a new one", exc)
+        return 1
     finally:
         conn.close()
         sock.close()

@@ -19,7 +19,8 @@ acknowledged only after its COMMIT returned (with the default synchronous=FULL: 
 server dies (even on kill -9), the process reads to the end of what was sent, commits it, and exits.
 If the process dies, the writes it had not acknowledged fail (WriterLost, a StoreUnavailable) once
 it has exited, and a new process is started a second later; one that answers nothing for
-`hang_timeout` while writes wait on it (hung: stopped, deadlocked) is killed, and the same follows.
+`hang_timeout` while writes wait on it (hung: stopped, deadlocked) is killed, and the same follows;
+one whose connection no ROLLBACK can end ends itself (writer_process.Wedged).
 Such a write may have been committed, its answer lost with the process: an insert is then looked
 up, and confirmed if it is there (SQLiteStore.insert).
 """

@@ -41,44 +41,68 @@ _BATCH_MAX = 512
 FRAME = struct.Struct("<I")  # each message: its length, then its pickle
 
 
+class Wedged(Exception):
+    """The connection is stuck in a transaction: ROLLBACK failed twice (an I/O error, a disk gone).
+    It would refuse every BEGIN, and keep the write lock from every other process, while it goes on
+    answering (so the server's watchdog never fires). The process ends instead (sqlite_writer.main);
+    the server then fails its unanswered writes, as after any writer's death, and starts another
+    process, with a fresh connection."""
+
+
 def commit(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcome]:
     """Run a batch of (write, key) in one transaction; if a write fails, replay each write alone, so
-    the failure reaches only its own caller. Every write gets its outcome; nothing raises.
+    the failure reaches only its own caller. Every write gets its outcome; nothing raises but Wedged.
 
     When the transaction cannot begin (the write lock not had within busy_timeout: a `sqlite3` shell
     in a transaction, a backup tool, `storegate db migrate` holds it), no write ran and none is
     replayed: each would wait its own busy_timeout for the same lock, and a batch of 512 would hold
     every write of the server for an hour and a half. They all fail with that error (503)."""
+    return _commit(conn, batch)[0]
+
+
+def _commit(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> tuple[list[Outcome], bool]:
+    """commit's outcomes, and whether a BEGIN of it waited for the write lock in vain (_Patience)."""
+    lock_not_had = False
     try:
         _begin(conn)
+    except Wedged:
+        raise
     except Exception as exc:
         log.warning("could not begin a transaction for %d writes (%s); failing them", len(batch), exc)
-        outcomes = _failed(batch, exc)
+        outcomes, lock_not_had = _failed(batch, exc), _busy(exc)
     else:
         try:
             outcomes = _within(conn, batch)
         except Exception as exc:  # the writer must outlive any one failure
-            outcomes = [(batch[0][1], None, exc)] if len(batch) == 1 else _replayed(conn, batch, exc)
+            if len(batch) == 1:
+                outcomes = [(batch[0][1], None, exc)]
+            else:
+                outcomes, lock_not_had = _replayed(conn, batch, exc)
     for _, _, error in outcomes:
         if error is not None:
             _drop_tracebacks(error)
-    return outcomes
+    return outcomes, lock_not_had
 
 
-def _replayed(conn: sqlite3.Connection, batch: list[tuple[Op, Any]], exc: Exception) -> list[Outcome]:
-    """Each write of a batch that failed, in a transaction of its own."""
+def _replayed(
+    conn: sqlite3.Connection, batch: list[tuple[Op, Any]], exc: Exception
+) -> tuple[list[Outcome], bool]:
+    """Each write of a batch that failed, in a transaction of its own; and whether a BEGIN waited for
+    the write lock in vain."""
     log.warning("group commit of %d writes failed (%s); replaying them one by one", len(batch), exc)
     outcomes: list[Outcome] = []
     for n, item in enumerate(batch):
         try:
             _begin(conn)
+        except Wedged:
+            raise
         except Exception as busy:  # the lock went elsewhere meanwhile: as in commit, after one wait
-            return outcomes + _failed(batch[n:], busy)
+            return outcomes + _failed(batch[n:], busy), _busy(busy)
         try:
             outcomes += _within(conn, [item])
         except Exception as one:
             outcomes.append((item[1], None, one))
-    return outcomes
+    return outcomes, False
 
 
 def _begin(conn: sqlite3.Connection) -> None:
@@ -86,6 +110,8 @@ def _begin(conn: sqlite3.Connection) -> None:
     refuse every BEGIN, and keep the write lock)."""
     if conn.in_transaction:
         _rollback(conn)
+        if conn.in_transaction:
+            raise Wedged("a ROLLBACK failed twice: the connection is stuck in a transaction")
     conn.execute("BEGIN IMMEDIATE")
 
 
@@ -102,12 +128,11 @@ def _failed(batch: list[tuple[Op, Any]], exc: Exception) -> list[Outcome]:
     return [(key, None, exc if n == 0 else copy.copy(exc)) for n, (_, key) in enumerate(batch)]
 
 
-def _lock_not_had(outcomes: list[Outcome]) -> bool:
-    """Every write of a batch failed for want of the write lock (SQLITE_BUSY)."""
-    return all(
+def _busy(error: Exception) -> bool:
+    """SQLITE_BUSY: the write lock was not had within busy_timeout."""
+    return (
         isinstance(error, sqlite3.OperationalError)
         and getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY  # (not on one made in Python)
-        for _, _, error in outcomes
     )
 
 
@@ -158,7 +183,8 @@ def _drop_tracebacks(failure: BaseException) -> None:
 
 def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
     """Commit the commands that come on `sock` in batches (what is read at once, 512 at most each),
-    answering each batch's outcomes in one message, until the server closes its side; then return."""
+    answering each batch's outcomes in one message, until the server closes its side; then return.
+    Raises Wedged, the batch and what was read after it unanswered."""
     patience = _Patience(conn)
     buffer = bytearray()
     ended = False
@@ -178,8 +204,8 @@ def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
                         answers.append((seq, None, exc))
                 if batch:
                     patience.before()
-                    outcomes = commit(conn, batch)
-                    patience.after(outcomes)
+                    outcomes, lock_not_had = _commit(conn, batch)
+                    patience.after(lock_not_had)
                     answers += outcomes
                     del outcomes
                 if answering:
@@ -209,8 +235,8 @@ class _Patience:
     def before(self) -> None:
         self._set(0 if time.monotonic() < self._hurry_until else self._ms)
 
-    def after(self, outcomes: list[Outcome]) -> None:
-        if not _lock_not_had(outcomes):
+    def after(self, lock_not_had: bool) -> None:
+        if not lock_not_had:
             self._hurry_until = 0.0
         elif self._now:  # it waited in vain
             self._hurry_until = time.monotonic() + self._ms / 1000
