@@ -396,6 +396,38 @@ def test_when_the_writer_process_dies_its_writes_fail_and_another_takes_over(tmp
     asyncio.run(main())
 
 
+def test_the_store_is_not_ready_while_its_writer_restarts(tmp_path: Path) -> None:
+    """/readyz's ping: while a writer process that died is being replaced, every write would be
+    refused (503 "restarting"), and so is the ping; once the new one takes writes, it answers again."""
+
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "p.db"))
+        await store.open()
+        try:
+            await store.ping()
+            link, pid = store._writer._link, store.writer_pid
+            assert link is not None and pid is not None
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.wait_for(asyncio.shield(link.closed), 30)
+            with pytest.raises(StoreUnavailable, match="restarting") as refused:
+                await store.ping()
+            assert refused.value.headers["Retry-After"] == "1"
+            deadline = time.monotonic() + 30
+            while True:
+                await asyncio.sleep(0.05)
+                try:
+                    await store.ping()
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "no new writer took over"
+            assert store.writer_pid not in (None, pid)
+            await store.insert(completion())
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 async def _insert_once_a_new_writer_takes_over(store: SQLiteStore, made: NewCompletion, why: str) -> None:
     """Insert `made`, retrying the 503s of a restart until a new writer process takes it (30 s at most,
     else fail with `why`)."""

@@ -121,8 +121,11 @@ class SQLiteStore:
             self._aside = None
 
     async def ping(self) -> None:
+        """The file reads, and the writer process takes writes: while one is restarting (after it
+        died, hung or gave up a stuck connection), every write would be refused."""
         with self._reading() as db:
             db.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
+        self._writer.ensure_open()
 
     async def insert(self, completion: NewCompletion) -> None:
         try:

@@ -103,11 +103,21 @@ class Writer:
     def submit(self, name: str, *args: Any) -> "asyncio.Future[Any]":
         link = self._link
         if link is None or not link.open:
-            doing = "stopping" if self._stopping else "restarting"
-            raise StoreUnavailable(f"the store's writer is {doing}; retry shortly", retry_after=1)
+            raise self._refusal()
         if len(link.pending) >= self._queue_max:
             raise WriterOverloaded
         return link.send(name, args)
+
+    def ensure_open(self) -> None:
+        """Raise what a write submitted now would be refused with at once (a process restarting, or
+        stopping), if anything."""
+        link = self._link
+        if link is None or not link.open:
+            raise self._refusal()
+
+    def _refusal(self) -> StoreUnavailable:
+        doing = "stopping" if self._stopping else "restarting"
+        return StoreUnavailable(f"the store's writer is {doing}; retry shortly", retry_after=1)
 
     async def stop(self) -> None:
         """Finish every write sent, then stop the process. One that answers nothing for hang_timeout
