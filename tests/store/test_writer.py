@@ -22,6 +22,7 @@ import pytest
 
 from storegate.errors import StoreUnavailable
 from storegate.store import MessagesQuery, NewCompletion
+from storegate.store import writer as writer_module
 from storegate.store.sqlite import SQLiteStore
 from storegate.store.writer import Writer, WriterLost, _Link
 from storegate.store.writer_process import FRAME, Grouped, Op, Wedged, commit, frames, serve
@@ -840,6 +841,76 @@ def test_the_watchdog_kills_a_writer_only_when_writes_waited_unanswered_from_one
                 await store.close()
 
     asyncio.run(main())
+
+
+def test_a_writer_silent_in_uninterruptible_io_is_not_killed_and_takes_no_new_writes_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog's looks, one by one, with the process's state read as D (in I/O: a commit on a
+    slow disk): silent while a write waits, it is not killed (the kill would wait for that I/O, then
+    lose answers of writes it may have committed); new writes and the ping are refused with 503 until
+    it answers again. Silent and no longer in I/O, it is killed."""
+    in_io = [True]
+    monkeypatch.setattr(writer_module, "_in_io", lambda pid: in_io[0])
+
+    async def main() -> None:
+        store = SQLiteStore(str(tmp_path / "d.db"), hang_timeout=60)
+        await store.open()
+        link = store._writer._link
+        assert link is not None and link._watchdog is not None
+        link._watchdog.cancel()
+        killed: list[int] = []
+        link.kill = lambda: killed.append(link.answers)  # type: ignore[method-assign]
+        try:
+            link.pending[-1] = asyncio.get_running_loop().create_future()  # a write waits from here on
+            link._watch()
+            link._watch()  # silent, the write waiting all along, in I/O
+            assert not killed and link.stalled
+            with pytest.raises(StoreUnavailable, match="waiting on its storage") as refused:
+                await store.insert(completion())
+            assert refused.value.headers["Retry-After"] == "1"
+            with pytest.raises(StoreUnavailable, match="waiting on its storage"):
+                await store.ping()
+            link._watch()  # still silent, still in I/O
+            assert not killed and link.stalled
+            link.data_received(b"")  # it answers (others' writes)
+            assert not link.stalled
+            await store.ping()
+            link._watch()
+            in_io[0] = False
+            link._watch()  # silent again, and not in I/O: hung
+            assert killed == [link.answers]
+        finally:
+            try:
+                waiting = link.pending.pop(-1, None)
+                if waiting is not None:
+                    waiting.cancel()
+                if link._watchdog is not None:
+                    link._watchdog.cancel()
+            finally:
+                await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_process_state_is_read_from_proc(tmp_path: Path) -> None:
+    """_in_io reads the state after the command's name, whatever that name holds: a sleeping process
+    and a stopped one are not in I/O, nor is one that is gone."""
+    named = subprocess.Popen(  # its name made to look like a state
+        [sys.executable, "-c", "open('/proc/self/comm', 'w').write(') D ('); import time; time.sleep(60)"]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{named.pid}/comm").read_text().strip() != ") D (":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not writer_module._in_io(named.pid)
+        with _stopped(named.pid):
+            assert not writer_module._in_io(named.pid)
+    finally:
+        named.kill()
+        named.wait()
+    assert not writer_module._in_io(named.pid)
 
 
 def test_stopping_a_hung_writer_kills_it_after_the_grace_and_fails_its_writes(tmp_path: Path) -> None:

@@ -116,7 +116,12 @@ class Writer:
             raise self._refusal()
 
     def _refusal(self) -> StoreUnavailable:
-        doing = "stopping" if self._stopping else "restarting"
+        if self._stopping:
+            doing = "stopping"
+        elif self._link is not None and self._link.stalled:
+            doing = "waiting on its storage"
+        else:
+            doing = "restarting"
         return StoreUnavailable(f"the store's writer is {doing}; retry shortly", retry_after=1)
 
     async def stop(self) -> None:
@@ -211,6 +216,7 @@ class _Link(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._due = 0.0  # when the watchdog's next look is due
         self._killed = False
+        self.stalled = False  # silent while writes wait, in uninterruptible I/O: takes no new ones
 
     @property
     def pid(self) -> int:
@@ -223,7 +229,12 @@ class _Link(asyncio.Protocol):
 
     @property
     def open(self) -> bool:
-        """It takes commands: its process started, and it is neither finishing, killed nor closed."""
+        """It takes commands: it is serving, and not stalled."""
+        return self._serving and not self.stalled
+
+    @property
+    def _serving(self) -> bool:
+        """Its process started, and it is neither finishing, killed nor closed."""
         return self._started and not self._finishing and not self._killed and not self.closed.done()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -256,6 +267,9 @@ class _Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.answers += 1
+        if self.stalled:
+            log.warning("the SQLite writer process (pid %s) answers again", self.pid)
+            self.stalled = False
         self._inbox += data
         messages, used = frames(self._inbox)
         del self._inbox[:used]
@@ -280,14 +294,26 @@ class _Link(asyncio.Protocol):
         since the last look, while writes waited on it all along, is hung (stopped, deadlocked), and
         would hold them and every later write without limit. It is killed: its unanswered writes are
         then settled, and another process started, as after any writer's death. (Finishing, stop's
-        _finished watches it.) Nothing on the write path: one timer per hang_timeout."""
-        if not self.open:
+        _finished watches it.) Nothing on the write path: one timer per hang_timeout.
+
+        One silent in uninterruptible I/O (_in_io: a commit on a slow disk, or a dead one) is not
+        killed: the kill would take effect only once that I/O returns, and then lose the answers of
+        writes it may have committed. It takes no new writes (503) until it answers again."""
+        if not self._serving:
             return
         now = (self.answers, bool(self.pending))
         # A look far later than due: this process itself was stalled or paused (SIGTSTP, `docker
         # pause`, a debugger), its writer with it, and answers may sit unread: judge from here on.
         late = self._loop.time() - self._due > self._writer.hang_timeout / 2
         if now[1] and self._seen == now and not late:
+            if _in_io(self.pid):
+                if not self.stalled:
+                    log.warning("the SQLite writer process (pid %s) answered nothing for %g s while writes"
+                                " waited on it, in I/O (its storage is slow or gone): not killing it; new"
+                                " writes are refused until it answers", self.pid, self._writer.hang_timeout)  # fmt: skip
+                self.stalled = True
+                self._look_later()
+                return
             log.error("the SQLite writer process (pid %s) answered nothing for %g s while writes waited"
                       " on it; killing it", self.pid, self._writer.hang_timeout)  # fmt: skip
             self.kill()
@@ -330,6 +356,18 @@ async def _finished(link: _Link, grace: float) -> None:
               " killing it", link.pid, grace)  # fmt: skip
     link.kill()
     await asyncio.wait((link.closed,))  # its socket closes as it ends
+
+
+def _in_io(pid: int) -> bool:
+    """The process is in uninterruptible sleep (state D in /proc/PID/stat: Linux; elsewhere, never):
+    waiting on its storage."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            line = stat.read()
+    except OSError:
+        return False
+    end = line.rfind(b")")  # the command's name, in parentheses, may hold anything
+    return line[end + 2 : end + 3] == b"D"
 
 
 async def _exit_of(process: asyncio.subprocess.Process, grace: float) -> None:
