@@ -213,26 +213,37 @@ def _deny_rollback(action: int, what: str | None, *_: object) -> int:
 
 def test_a_connection_no_rollback_can_take_out_of_its_transaction_is_given_up(tmp_path: Path) -> None:
     """A batch fails on one write and its ROLLBACK fails; before the replay, a second ROLLBACK fails:
-    the connection is stuck in the transaction, would refuse every BEGIN and keep the write lock.
-    commit raises Wedged (the writer process ends, and the server starts another); the connection's
-    close ends the transaction: nothing of the batch is stored, and the lock is free."""
+    the connection is stuck in the transaction, refuses every BEGIN and keeps the write lock. The
+    batch's writes fail, answered; then serve, instead of reading more, raises Wedged (the writer
+    process ends, and the server starts another); the connection's close ends the transaction:
+    nothing of the batch is stored, and the lock is free."""
     conn, other, begun = _locked_db(tmp_path / "w.db")
-    batch = _inserts(3)
+    ops = dict((key, op) for op, key in _inserts(3))
 
     def fail(db: sqlite3.Connection) -> None:
         raise sqlite3.IntegrityError("one write's own failure")
 
-    batch[1] = (fail, 1)
+    ops[1] = fail
+    sent = [pickle.dumps((seq, "insert", (seq,))) for seq in range(3)]
+    ours, theirs = socket.socketpair()
     try:
+        ours.sendall(b"".join(FRAME.pack(len(data)) + data for data in sent))
         conn.set_authorizer(_deny_rollback)
         with pytest.raises(Wedged):
-            commit(conn, batch)
-        assert len(begun) == 1 and conn.in_transaction, "no second BEGIN was tried"
+            serve(conn, theirs, lambda name, args: ops[args[0]])
+        theirs.close()
+        (answers,) = _messages(ours)  # answered before serve gave up
+        assert [seq for seq, _, _ in answers] == [0, 1, 2]
+        assert all(isinstance(error, sqlite3.Error) for _, _, error in answers)
+        assert len(begun) == 2  # the batch's, and the replay's, refused inside the open transaction
+        assert conn.in_transaction
         conn.close()
         assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 0
         other.execute("BEGIN IMMEDIATE")  # the write lock is free
         other.execute("ROLLBACK")
     finally:
+        ours.close()
+        theirs.close()
         other.close()
         conn.close()
 
@@ -259,26 +270,24 @@ def test_a_writer_process_whose_connection_is_stuck_in_a_transaction_ends_and_an
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Through the real process: a write fails, and the ROLLBACKs after it fail, leaving the connection
-    in its transaction. The process ends (status 1) rather than answer every later write with an
-    error while it keeps the write lock; the writes it had not answered fail and are stored nowhere;
+    in its transaction. The process answers that write, then ends (status 1), rather than refuse
+    every later write while it keeps the write lock; the writes after it fail and are stored nowhere;
     a new process takes over."""
 
     async def main() -> None:
         store = SQLiteStore(str(tmp_path / "x.db"))
-        argv = store._writer._argv
-        store._writer._argv = [sys.executable, "-P", "-c", _WEDGING_WRITER, *argv[4:]]  # (its config)
+        config = store._writer._argv[-1]  # (process_argv's last argument)
+        store._writer._argv = [sys.executable, "-P", "-c", _WEDGING_WRITER, config]
         await store.open()
         try:
             first = store.writer_pid
             await store._writer.submit("add_key", "key_2", "p", b"i" * 8, "sk-y", None, 0)
-            # Sent in one pass: a batch that the duplicate key fails, or (read apart) a batch of that
-            # write alone, answered, then the inserts' batch, which finds the transaction left open.
-            duplicate = store._writer.submit("add_key", "key_2", "p", b"j" * 8, "sk-z", None, 0)
+            with pytest.raises(sqlite3.IntegrityError):  # answered; its ROLLBACK failed, then the next one
+                await store._writer.submit("add_key", "key_2", "p", b"j" * 8, "sk-z", None, 0)
+            # Sent to the process as it ends (lost), or refused (restarting):
             made = [completion(), completion()]
             inserts = await asyncio.gather(*(store.insert(c) for c in made), return_exceptions=True)
-            assert [type(r) for r in inserts] == [WriterLost] * 2, inserts
-            with pytest.raises((WriterLost, sqlite3.IntegrityError)):
-                await duplicate
+            assert all(isinstance(r, StoreUnavailable) for r in inserts), inserts
             for c in made:
                 assert await store.get("p", c.id) is None
             late = completion()
@@ -843,42 +852,56 @@ def test_the_watchdog_kills_a_writer_only_when_writes_waited_unanswered_from_one
     asyncio.run(main())
 
 
-def test_a_writer_silent_in_uninterruptible_io_is_not_killed_and_takes_no_new_writes_meanwhile(
+def test_a_writer_silent_while_busy_with_its_storage_is_spared_a_few_looks_and_takes_no_new_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The watchdog's looks, one by one, with the process's state read as D (in I/O: a commit on a
-    slow disk): silent while a write waits, it is not killed (the kill would wait for that I/O, then
-    lose answers of writes it may have committed); new writes and the ping are refused with 503 until
-    it answers again. Silent and no longer in I/O, it is killed."""
-    in_io = [True]
-    monkeypatch.setattr(writer_module, "_in_io", lambda pid: in_io[0])
+    """The watchdog's looks, one by one, with what /proc says of the process given (in I/O, and its
+    read and write system calls): silent while a write waits but in I/O, or making system calls (a
+    commit on a slow disk), it is not killed (that would lose the answers of writes it may commit),
+    and new writes and the ping get 503 until it answers. Silent and idle, it is killed; and so is one
+    busy but silent for more looks than it is spared."""
+    io: list[tuple[bool, int | None]] = []
+    monkeypatch.setattr(writer_module, "_io_of", lambda pid: io.pop(0))
 
     async def main() -> None:
         store = SQLiteStore(str(tmp_path / "d.db"), hang_timeout=60)
         await store.open()
         link = store._writer._link
-        assert link is not None and link._watchdog is not None
-        link._watchdog.cancel()
+        assert link is not None
         killed: list[int] = []
         link.kill = lambda: killed.append(link.answers)  # type: ignore[method-assign]
+
+        def look(in_io: bool, calls: int | None) -> None:
+            io.append((in_io, calls))
+            assert link._watchdog is not None
+            link._watchdog.cancel()
+            link._watch()
+
         try:
             link.pending[-1] = asyncio.get_running_loop().create_future()  # a write waits from here on
-            link._watch()
-            link._watch()  # silent, the write waiting all along, in I/O
+            look(False, 10)
+            look(True, 10)  # silent, the write waiting all along, in I/O
             assert not killed and link.stalled
             with pytest.raises(StoreUnavailable, match="waiting on its storage") as refused:
                 await store.insert(completion())
             assert refused.value.headers["Retry-After"] == "1"
             with pytest.raises(StoreUnavailable, match="waiting on its storage"):
                 await store.ping()
-            link._watch()  # still silent, still in I/O
+            look(False, 12)  # still silent, not in I/O at the look, but it made system calls
             assert not killed and link.stalled
             link.data_received(b"")  # it answers (others' writes)
             assert not link.stalled
             await store.ping()
-            link._watch()
-            in_io[0] = False
-            link._watch()  # silent again, and not in I/O: hung
+            look(False, 12)
+            look(False, 12)  # silent again, idle: hung
+            assert killed == [link.answers]
+            killed.clear()
+            link.data_received(b"")
+            look(True, None)
+            for _ in range(writer_module._STALL_LOOKS):
+                look(True, None)  # silent, in I/O, look after look
+            assert not killed
+            look(True, None)  # one look more than it is spared
             assert killed == [link.answers]
         finally:
             try:
@@ -893,24 +916,25 @@ def test_a_writer_silent_in_uninterruptible_io_is_not_killed_and_takes_no_new_wr
     asyncio.run(main())
 
 
-def test_a_process_state_is_read_from_proc(tmp_path: Path) -> None:
-    """_in_io reads the state after the command's name, whatever that name holds: a sleeping process
-    and a stopped one are not in I/O, nor is one that is gone."""
-    named = subprocess.Popen(  # its name made to look like a state
-        [sys.executable, "-c", "open('/proc/self/comm', 'w').write(') D ('); import time; time.sleep(60)"]
-    )
+def test_what_proc_says_of_a_process_is_read_right() -> None:
+    """The state after the command's name, whatever that name holds; the read and write system calls;
+    and nothing, for a process that is gone."""
+    assert writer_module._state(b"7 (sqlite) D 1 7 7 0 -1") == b"D"
+    assert writer_module._state(b"7 (a) D (x) S 1 7 7 0 -1") == b"S"  # a name made to look like a state
+    assert writer_module._io_calls(b"rchar: 5\nwchar: 6\nsyscr: 10\nsyscw: 3\nread_bytes: 0\n") == 13
+    assert writer_module._io_calls(b"rchar: 5\n") is None
+    sleeping = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         deadline = time.monotonic() + 30
-        while Path(f"/proc/{named.pid}/comm").read_text().strip() != ") D (":
+        while writer_module._state(Path(f"/proc/{sleeping.pid}/stat").read_bytes()) != b"S":
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        assert not writer_module._in_io(named.pid)
-        with _stopped(named.pid):
-            assert not writer_module._in_io(named.pid)
+        in_io, calls = writer_module._io_of(sleeping.pid)
+        assert not in_io and isinstance(calls, int) and calls > 0
     finally:
-        named.kill()
-        named.wait()
-    assert not writer_module._in_io(named.pid)
+        sleeping.kill()
+        sleeping.wait()
+    assert writer_module._io_of(sleeping.pid) == (False, None)
 
 
 def test_stopping_a_hung_writer_kills_it_after_the_grace_and_fails_its_writes(tmp_path: Path) -> None:

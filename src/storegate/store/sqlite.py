@@ -122,10 +122,11 @@ class SQLiteStore:
 
     async def ping(self) -> None:
         """The file reads, and the writer process takes writes: while one is restarting (after it
-        died, hung or gave up a stuck connection), every write would be refused."""
+        died, hung or gave up a stuck connection) or stalled on a slow disk, every write would be
+        refused."""
+        self._writer.ensure_open()
         with self._reading() as db:
             db.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
-        self._writer.ensure_open()
 
     async def insert(self, completion: NewCompletion) -> None:
         try:

@@ -19,8 +19,9 @@ acknowledged only after its COMMIT returned (with the default synchronous=FULL: 
 server dies (even on kill -9), the process reads to the end of what was sent, commits it, and exits.
 If the process dies, the writes it had not acknowledged fail (WriterLost, a StoreUnavailable) once
 it has exited, and a new process is started a second later; one that answers nothing for
-`hang_timeout` while writes wait on it (hung: stopped, deadlocked) is killed, and the same follows;
-one whose connection no ROLLBACK can end ends itself (writer_process.Wedged).
+`hang_timeout` while writes wait on it (hung: stopped, deadlocked) is killed, and the same follows
+(one busy with its storage meanwhile takes no new writes, and is killed only after a few looks more:
+_Link._watch); one whose connection no ROLLBACK can end ends itself (writer_process.Wedged).
 Such a write may have been committed, its answer lost with the process: an insert is then looked
 up, and confirmed if it is there (SQLiteStore.insert).
 """
@@ -44,6 +45,9 @@ _RESTART_DELAY_S = 1.0
 # committing a batch (waiting up to busy_timeout, 10 s, for a lock another process holds), or hung (a
 # stopped process; one stuck in the kernel on a dead disk ends only once its I/O does).
 HANG_TIMEOUT_S = 30.0
+# How many looks more a serving writer silent while writes wait is spared if it is busy with its
+# storage (in I/O, or making system calls), refusing new writes meanwhile, before it is killed.
+_STALL_LOOKS = 3
 
 
 class WriterOverloaded(Exception):
@@ -109,8 +113,8 @@ class Writer:
         return link.send(name, args)
 
     def ensure_open(self) -> None:
-        """Raise what a write submitted now would be refused with at once (a process restarting, or
-        stopping), if anything."""
+        """Raise what a write submitted now would be refused with at once (a process restarting,
+        stalled on its storage, or stopping), if anything."""
         link = self._link
         if link is None or not link.open:
             raise self._refusal()
@@ -216,7 +220,9 @@ class _Link(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._due = 0.0  # when the watchdog's next look is due
         self._killed = False
-        self.stalled = False  # silent while writes wait, in uninterruptible I/O: takes no new ones
+        self.stalled = False  # silent while writes wait, busy with its storage: takes no new writes
+        self._stalls = 0  # looks it has been spared for that since it last answered
+        self._calls: int | None = None  # its read and write system calls at the last look (_io_of)
 
     @property
     def pid(self) -> int:
@@ -229,8 +235,15 @@ class _Link(asyncio.Protocol):
 
     @property
     def open(self) -> bool:
-        """It takes commands: it is serving, and not stalled."""
-        return self._serving and not self.stalled
+        """It takes commands: it is serving (spelled out: this is read for every write), and not
+        stalled."""
+        return (
+            not self.stalled
+            and self._started
+            and not self._finishing
+            and not self._killed
+            and not self.closed.done()
+        )
 
     @property
     def _serving(self) -> bool:
@@ -269,7 +282,7 @@ class _Link(asyncio.Protocol):
         self.answers += 1
         if self.stalled:
             log.warning("the SQLite writer process (pid %s) answers again", self.pid)
-            self.stalled = False
+            self.stalled, self._stalls = False, 0
         self._inbox += data
         messages, used = frames(self._inbox)
         del self._inbox[:used]
@@ -290,32 +303,35 @@ class _Link(asyncio.Protocol):
                     future.set_result(result)
 
     def _watch(self) -> None:
-        """Every hang_timeout while the link takes commands: a process that has answered nothing
-        since the last look, while writes waited on it all along, is hung (stopped, deadlocked), and
-        would hold them and every later write without limit. It is killed: its unanswered writes are
-        then settled, and another process started, as after any writer's death. (Finishing, stop's
+        """Every hang_timeout while the link serves: a process that has answered nothing since the
+        last look, while writes waited on it all along, is hung (stopped, deadlocked), and would hold
+        them and every later write without limit. It is killed: its unanswered writes are then
+        settled, and another process started, as after any writer's death. (Finishing, stop's
         _finished watches it.) Nothing on the write path: one timer per hang_timeout.
 
-        One silent in uninterruptible I/O (_in_io: a commit on a slow disk, or a dead one) is not
-        killed: the kill would take effect only once that I/O returns, and then lose the answers of
-        writes it may have committed. It takes no new writes (503) until it answers again."""
+        One busy with its storage (in uninterruptible I/O at the look, or having made read or write
+        system calls since the last: a commit, or a replay of a batch, on a slow disk) is spared up to
+        _STALL_LOOKS looks: a kill would lose the answers of writes it may commit, and may itself wait
+        for that I/O. Meanwhile it takes no new writes (503), until it answers."""
         if not self._serving:
             return
         now = (self.answers, bool(self.pending))
         # A look far later than due: this process itself was stalled or paused (SIGTSTP, `docker
         # pause`, a debugger), its writer with it, and answers may sit unread: judge from here on.
         late = self._loop.time() - self._due > self._writer.hang_timeout / 2
+        calls, (in_io, self._calls) = self._calls, _io_of(self.pid)
         if now[1] and self._seen == now and not late:
-            if _in_io(self.pid):
+            if (in_io or self._calls != calls) and self._stalls < _STALL_LOOKS:
                 if not self.stalled:
                     log.warning("the SQLite writer process (pid %s) answered nothing for %g s while writes"
-                                " waited on it, in I/O (its storage is slow or gone): not killing it; new"
-                                " writes are refused until it answers", self.pid, self._writer.hang_timeout)  # fmt: skip
+                                " waited on it, busy with its storage: new writes are refused until it"
+                                " answers", self.pid, self._writer.hang_timeout)  # fmt: skip
                 self.stalled = True
+                self._stalls += 1
                 self._look_later()
                 return
             log.error("the SQLite writer process (pid %s) answered nothing for %g s while writes waited"
-                      " on it; killing it", self.pid, self._writer.hang_timeout)  # fmt: skip
+                      " on it; killing it", self.pid, self._writer.hang_timeout * (self._stalls + 1))  # fmt: skip
             self.kill()
             return
         self._seen = now
@@ -326,6 +342,7 @@ class _Link(asyncio.Protocol):
         self._watchdog = self._loop.call_at(self._due, self._watch)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.stalled = False  # (a refusal now says "restarting")
         if self._watchdog is not None:
             self._watchdog.cancel()
         if not self.ready.done():
@@ -358,16 +375,34 @@ async def _finished(link: _Link, grace: float) -> None:
     await asyncio.wait((link.closed,))  # its socket closes as it ends
 
 
-def _in_io(pid: int) -> bool:
-    """The process is in uninterruptible sleep (state D in /proc/PID/stat: Linux; elsewhere, never):
-    waiting on its storage."""
+def _io_of(pid: int) -> tuple[bool, int | None]:
+    """Whether the process is in uninterruptible sleep (waiting on its storage), and its read and
+    write system calls so far (None: unknown), from /proc (Linux; elsewhere, False and None)."""
+    stat, io = _proc(pid, "stat"), _proc(pid, "io")
+    return (stat is not None and _state(stat) == b"D"), (None if io is None else _io_calls(io))
+
+
+def _proc(pid: int, name: str) -> bytes | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            line = stat.read()
+        with open(f"/proc/{pid}/{name}", "rb") as file:
+            return file.read()
     except OSError:
-        return False
-    end = line.rfind(b")")  # the command's name, in parentheses, may hold anything
-    return line[end + 2 : end + 3] == b"D"
+        return None
+
+
+def _state(stat: bytes) -> bytes:
+    """The state letter of a /proc/PID/stat line."""
+    end = stat.rfind(b")")  # after the command's name, in parentheses, which may hold anything
+    return stat[end + 2 : end + 3]
+
+
+def _io_calls(io: bytes) -> int | None:
+    """syscr + syscw of a /proc/PID/io file."""
+    fields = dict(line.split(b": ", 1) for line in io.splitlines() if b": " in line)
+    try:
+        return int(fields[b"syscr"]) + int(fields[b"syscw"])
+    except (KeyError, ValueError):
+        return None
 
 
 async def _exit_of(process: asyncio.subprocess.Process, grace: float) -> None:

@@ -6,6 +6,7 @@ Frames on the socket, both ways: a message's length (u32), then its pickle. The 
 (sequence number, command name, arguments); the process answers a list of (sequence number, result,
 exception) per batch, after its COMMIT."""
 
+import contextlib
 import copy
 import logging
 import pickle
@@ -44,14 +45,14 @@ FRAME = struct.Struct("<I")  # each message: its length, then its pickle
 class Wedged(Exception):
     """The connection is stuck in a transaction: ROLLBACK failed twice (an I/O error, a disk gone).
     It would refuse every BEGIN, and keep the write lock from every other process, while it goes on
-    answering (so the server's watchdog never fires). The process ends instead (sqlite_writer.main);
-    the server then fails its unanswered writes, as after any writer's death, and starts another
-    process, with a fresh connection."""
+    answering (so the server's watchdog never fires). serve answers the batch, then raises this, and
+    the process ends (sqlite_writer.main); the server then fails the writes it had not answered, as
+    after any writer's death, and starts another process, with a fresh connection."""
 
 
 def commit(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcome]:
     """Run a batch of (write, key) in one transaction; if a write fails, replay each write alone, so
-    the failure reaches only its own caller. Every write gets its outcome; nothing raises but Wedged.
+    the failure reaches only its own caller. Every write gets its outcome; nothing raises.
 
     When the transaction cannot begin (the write lock not had within busy_timeout: a `sqlite3` shell
     in a transaction, a backup tool, `storegate db migrate` holds it), no write ran and none is
@@ -65,8 +66,6 @@ def _commit(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> tuple[list
     lock_not_had = False
     try:
         _begin(conn)
-    except Wedged:
-        raise
     except Exception as exc:
         log.warning("could not begin a transaction for %d writes (%s); failing them", len(batch), exc)
         outcomes, lock_not_had = _failed(batch, exc), _busy(exc)
@@ -94,9 +93,8 @@ def _replayed(
     for n, item in enumerate(batch):
         try:
             _begin(conn)
-        except Wedged:
-            raise
-        except Exception as busy:  # the lock went elsewhere meanwhile: as in commit, after one wait
+        except Exception as busy:  # the lock went elsewhere meanwhile (as in commit, after one wait), or
+            # a ROLLBACK failed and left the transaction open
             return outcomes + _failed(batch[n:], busy), _busy(busy)
         try:
             outcomes += _within(conn, [item])
@@ -107,11 +105,10 @@ def _replayed(
 
 def _begin(conn: sqlite3.Connection) -> None:
     """BEGIN IMMEDIATE; first, the end of a transaction that a failed ROLLBACK left open (it would
-    refuse every BEGIN, and keep the write lock)."""
+    refuse every BEGIN, and keep the write lock). Should that ROLLBACK fail too, BEGIN fails, and
+    so do the writes that needed it (serve then ends the process: Wedged)."""
     if conn.in_transaction:
         _rollback(conn)
-        if conn.in_transaction:
-            raise Wedged("a ROLLBACK failed twice: the connection is stuck in a transaction")
     conn.execute("BEGIN IMMEDIATE")
 
 
@@ -184,7 +181,8 @@ def _drop_tracebacks(failure: BaseException) -> None:
 def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
     """Commit the commands that come on `sock` in batches (what is read at once, 512 at most each),
     answering each batch's outcomes in one message, until the server closes its side; then return.
-    Raises Wedged, the batch and what was read after it unanswered."""
+    Raises Wedged once a batch, answered, leaves a transaction open that a ROLLBACK cannot end (the
+    batches after it, unanswered)."""
     patience = _Patience(conn)
     buffer = bytearray()
     ended = False
@@ -214,8 +212,13 @@ def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
                     except OSError:
                         answering = False  # the server is gone (killed): commit the rest it sent, unanswered
                 del batch, answers
+                if conn.in_transaction:  # a ROLLBACK failed: try again now, not at the next write
+                    _rollback(conn)  # (until then, the write lock stays taken from every other process)
+                    if conn.in_transaction:
+                        raise Wedged("a ROLLBACK failed twice: the connection is stuck in a transaction")
     finally:
-        patience.restore()
+        with contextlib.suppress(sqlite3.Error):  # (on a wedged connection: Wedged goes on)
+            patience.restore()
 
 
 class _Patience:
