@@ -25,7 +25,7 @@ from storegate.store import MessagesQuery, NewCompletion
 from storegate.store import writer as writer_module
 from storegate.store.sqlite import SQLiteStore
 from storegate.store.writer import Writer, WriterLost, _Link
-from storegate.store.writer_process import FRAME, Grouped, Op, Wedged, commit, frames, serve
+from storegate.store.writer_process import FRAME, Grouped, Op, Wedged, _commit, commit, frames, serve
 from tests.store.test_contract import completion
 
 
@@ -157,10 +157,14 @@ def test_a_batch_that_cannot_get_the_write_lock_fails_after_one_wait_not_one_per
     conn, holder, begun = _locked_db(tmp_path / "l.db")
     try:
         holder.execute("BEGIN IMMEDIATE")
-        _all_busy(commit(conn, _inserts(5)), 5)
-        assert len(begun) == 1
+        outcomes, lock_not_had = _commit(conn, _inserts(5))
+        _all_busy(outcomes, 5)
+        assert len(begun) == 1 and lock_not_had  # (serve's _Patience: the writes after it need not wait)
         holder.execute("ROLLBACK")
-        assert commit(conn, _inserts(3)) == [(n, None, None) for n in range(3)]  # the lock is free again
+        assert _commit(conn, _inserts(3)) == (
+            [(n, None, None) for n in range(3)],
+            False,
+        )  # the lock is free again
     finally:
         holder.close()
         conn.close()
@@ -185,8 +189,9 @@ def test_a_replay_that_loses_the_write_lock_fails_the_writes_left_after_one_wait
 
     conn.set_trace_callback(take_the_lock_at_the_first_replay)
     try:
-        _all_busy(commit(conn, batch), 4)
-        assert len(begun) == 2
+        outcomes, lock_not_had = _commit(conn, batch)
+        _all_busy(outcomes, 4)
+        assert len(begun) == 2 and lock_not_had
     finally:
         holder.close()
         conn.close()
@@ -211,20 +216,44 @@ def _deny_rollback(action: int, what: str | None, *_: object) -> int:
     return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
 
 
+def test_only_a_begin_refused_for_want_of_the_write_lock_counts_as_the_lock_not_had(tmp_path: Path) -> None:
+    """_commit's flag for serve's _Patience: not a write's own failure, nor a BEGIN refused because a
+    transaction a ROLLBACK could not end is still open (that is not another process's lock)."""
+    conn, other, _ = _locked_db(tmp_path / "f.db")
+    other.close()
+    batch = _inserts(3)
+
+    def fail(db: sqlite3.Connection) -> None:
+        raise sqlite3.IntegrityError("one write's own failure")
+
+    batch[1] = (fail, 1)
+    try:
+        outcomes, lock_not_had = _commit(conn, batch)
+        assert [error is None for _, _, error in outcomes] == [True, False, True] and not lock_not_had
+        conn.set_authorizer(_deny_rollback)
+        conn.execute("BEGIN IMMEDIATE")  # as a failed ROLLBACK would have left it
+        outcomes, lock_not_had = _commit(conn, _inserts(2))
+        assert all(isinstance(error, sqlite3.OperationalError) for _, _, error in outcomes)
+        assert not lock_not_had
+    finally:
+        conn.close()
+
+
 def test_a_connection_no_rollback_can_take_out_of_its_transaction_is_given_up(tmp_path: Path) -> None:
-    """A batch fails on one write and its ROLLBACK fails; before the replay, a second ROLLBACK fails:
-    the connection is stuck in the transaction, refuses every BEGIN and keeps the write lock. The
-    batch's writes fail, answered; then serve, instead of reading more, raises Wedged (the writer
-    process ends, and the server starts another); the connection's close ends the transaction:
-    nothing of the batch is stored, and the lock is free."""
+    """A batch fails on one write and its ROLLBACK fails; so does the one before its replay, whose
+    BEGIN is then refused: the connection is stuck in the transaction, refuses every BEGIN and keeps
+    the write lock. The batch's writes fail, answered; serve tries a ROLLBACK once more, and, that
+    failing too, raises Wedged instead of going on (the writer process ends, and the server starts
+    another): the next batch of the same read is neither run nor answered. The connection's close
+    ends the transaction: nothing is stored, and the lock is free."""
     conn, other, begun = _locked_db(tmp_path / "w.db")
-    ops = dict((key, op) for op, key in _inserts(3))
+    ops = dict((key, op) for op, key in _inserts(600))
 
     def fail(db: sqlite3.Connection) -> None:
         raise sqlite3.IntegrityError("one write's own failure")
 
     ops[1] = fail
-    sent = [pickle.dumps((seq, "insert", (seq,))) for seq in range(3)]
+    sent = [pickle.dumps((seq, "insert", (seq,))) for seq in range(600)]  # two batches: 512 + 88
     ours, theirs = socket.socketpair()
     try:
         ours.sendall(b"".join(FRAME.pack(len(data)) + data for data in sent))
@@ -232,10 +261,10 @@ def test_a_connection_no_rollback_can_take_out_of_its_transaction_is_given_up(tm
         with pytest.raises(Wedged):
             serve(conn, theirs, lambda name, args: ops[args[0]])
         theirs.close()
-        (answers,) = _messages(ours)  # answered before serve gave up
-        assert [seq for seq, _, _ in answers] == [0, 1, 2]
+        (answers,) = _messages(ours)  # the first batch's, answered before serve gave up
+        assert [seq for seq, _, _ in answers] == list(range(512))
         assert all(isinstance(error, sqlite3.Error) for _, _, error in answers)
-        assert len(begun) == 2  # the batch's, and the replay's, refused inside the open transaction
+        assert len(begun) == 2  # the batch's, then the replay's, refused inside the open transaction
         assert conn.in_transaction
         conn.close()
         assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 0
@@ -246,6 +275,80 @@ def test_a_connection_no_rollback_can_take_out_of_its_transaction_is_given_up(tm
         theirs.close()
         other.close()
         conn.close()
+
+
+def test_a_transaction_a_failed_rollback_left_open_is_ended_once_its_batch_is_answered(
+    tmp_path: Path,
+) -> None:
+    """A write fails alone and its ROLLBACK fails: once its answer is sent, serve tries a ROLLBACK
+    again, which ends the transaction: the write lock is free before any other write comes (an idle
+    server would otherwise keep it from every other process), and the writes after it are served."""
+    conn, other, _ = _locked_db(tmp_path / "o.db")
+    ops = dict((key, op) for op, key in _inserts(3))
+
+    def fail(db: sqlite3.Connection) -> None:
+        raise sqlite3.IntegrityError("one write's own failure")
+
+    ops[1] = fail
+    refusals = [1]  # ROLLBACK is refused once
+
+    def deny_one_rollback(action: int, what: str | None, *rest: object) -> int:
+        if refusals and _deny_rollback(action, what) == sqlite3.SQLITE_DENY:
+            refusals.pop()
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    conn.set_authorizer(deny_one_rollback)
+    frame = {
+        seq: FRAME.pack(len(data)) + data
+        for seq in range(3)
+        if (data := pickle.dumps((seq, "insert", (seq,))))
+    }
+    ours, theirs = socket.socketpair()
+    serving = threading.Thread(target=serve, args=(conn, theirs, lambda name, args: ops[args[0]]))
+    try:
+        serving.start()
+        ours.sendall(frame[1])
+        (first,) = _read_messages(ours, 1)
+        assert isinstance(first[0][2], sqlite3.IntegrityError) and not refusals
+        deadline = time.monotonic() + 30
+        while True:  # serve tries its ROLLBACK right after the answer
+            try:
+                other.execute("BEGIN IMMEDIATE")  # the write lock is free, no write since
+                other.execute("ROLLBACK")
+                break
+            except sqlite3.OperationalError:
+                assert time.monotonic() < deadline, "the write lock stayed taken"
+                time.sleep(0.01)
+        ours.sendall(frame[0] + frame[2])
+        ours.shutdown(socket.SHUT_WR)
+        serving.join(30)
+        assert not serving.is_alive()
+        theirs.close()
+        assert [(seq, error) for message in _messages(ours) for seq, _, error in message] == [
+            (0, None),
+            (2, None),
+        ]
+        assert other.execute("SELECT n FROM t ORDER BY n").fetchall() == [(0,), (2,)]
+    finally:
+        serving.join(30)
+        ours.close()
+        theirs.close()
+        other.close()
+        conn.close()
+
+
+def _read_messages(sock: socket.socket, count: int) -> list[Any]:
+    """The next `count` messages on `sock`, waiting for them."""
+    data = bytearray()
+    while True:
+        messages, used = frames(data)
+        if len(messages) >= count:
+            assert used == len(data)
+            return messages
+        chunk = sock.recv(1 << 20)
+        assert chunk, "the socket closed first"
+        data += chunk
 
 
 # The real writer process (sqlite_writer.main), its connection refusing ROLLBACK.
@@ -897,6 +1000,11 @@ def test_a_writer_silent_while_busy_with_its_storage_is_spared_a_few_looks_and_t
             assert killed == [link.answers]
             killed.clear()
             link.data_received(b"")
+            look(False, None)
+            look(False, None)  # silent, what it does unknown (/proc/PID/io unreadable), not in I/O: hung
+            assert killed == [link.answers]
+            killed.clear()
+            link.data_received(b"")
             look(True, None)
             for _ in range(writer_module._STALL_LOOKS):
                 look(True, None)  # silent, in I/O, look after look
@@ -916,6 +1024,9 @@ def test_a_writer_silent_while_busy_with_its_storage_is_spared_a_few_looks_and_t
     asyncio.run(main())
 
 
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/io"), reason="no /proc/PID/io (not Linux, or no I/O accounting)"
+)
 def test_what_proc_says_of_a_process_is_read_right() -> None:
     """The state after the command's name, whatever that name holds; the read and write system calls;
     and nothing, for a process that is gone."""

@@ -114,7 +114,8 @@ class Writer:
 
     def ensure_open(self) -> None:
         """Raise what a write submitted now would be refused with at once (a process restarting,
-        stalled on its storage, or stopping), if anything."""
+        stalled on its storage, or stopping), if anything: a queue full is not checked (that
+        overload is a write's own, not the store's readiness)."""
         link = self._link
         if link is None or not link.open:
             raise self._refusal()
@@ -230,6 +231,7 @@ class _Link(asyncio.Protocol):
 
     def kill(self) -> None:
         self._killed = True  # takes no more commands (a process stuck in the kernel may take a while to end)
+        self.stalled = False  # (a refusal now says "restarting")
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
 
@@ -321,7 +323,8 @@ class _Link(asyncio.Protocol):
         late = self._loop.time() - self._due > self._writer.hang_timeout / 2
         calls, (in_io, self._calls) = self._calls, _io_of(self.pid)
         if now[1] and self._seen == now and not late:
-            if (in_io or self._calls != calls) and self._stalls < _STALL_LOOKS:
+            made_calls = calls is not None and self._calls is not None and self._calls != calls
+            if (in_io or made_calls) and self._stalls < _STALL_LOOKS:
                 if not self.stalled:
                     log.warning("the SQLite writer process (pid %s) answered nothing for %g s while writes"
                                 " waited on it, busy with its storage: new writes are refused until it"
@@ -331,7 +334,8 @@ class _Link(asyncio.Protocol):
                 self._look_later()
                 return
             log.error("the SQLite writer process (pid %s) answered nothing for %g s while writes waited"
-                      " on it; killing it", self.pid, self._writer.hang_timeout * (self._stalls + 1))  # fmt: skip
+                      " on it (after %d look(s) spared while busy with its storage); killing it",
+                      self.pid, self._writer.hang_timeout, self._stalls)  # fmt: skip
             self.kill()
             return
         self._seen = now

@@ -43,7 +43,8 @@ FRAME = struct.Struct("<I")  # each message: its length, then its pickle
 
 
 class Wedged(Exception):
-    """The connection is stuck in a transaction: ROLLBACK failed twice (an I/O error, a disk gone).
+    """The connection is stuck in a transaction: no ROLLBACK, retried, could end it (an I/O error, a
+    disk gone).
     It would refuse every BEGIN, and keep the write lock from every other process, while it goes on
     answering (so the server's watchdog never fires). serve answers the batch, then raises this, and
     the process ends (sqlite_writer.main); the server then fails the writes it had not answered, as
@@ -106,7 +107,8 @@ def _replayed(
 def _begin(conn: sqlite3.Connection) -> None:
     """BEGIN IMMEDIATE; first, the end of a transaction that a failed ROLLBACK left open (it would
     refuse every BEGIN, and keep the write lock). Should that ROLLBACK fail too, BEGIN fails, and
-    so do the writes that needed it (serve then ends the process: Wedged)."""
+    so do the writes that needed it (serve retries the ROLLBACK once the batch is answered, and
+    ends the process if that fails too: Wedged)."""
     if conn.in_transaction:
         _rollback(conn)
     conn.execute("BEGIN IMMEDIATE")
@@ -215,7 +217,7 @@ def serve(conn: sqlite3.Connection, sock: socket.socket, build: Build) -> None:
                 if conn.in_transaction:  # a ROLLBACK failed: try again now, not at the next write
                     _rollback(conn)  # (until then, the write lock stays taken from every other process)
                     if conn.in_transaction:
-                        raise Wedged("a ROLLBACK failed twice: the connection is stuck in a transaction")
+                        raise Wedged("no ROLLBACK, retried, could end the connection's transaction")
     finally:
         with contextlib.suppress(sqlite3.Error):  # (on a wedged connection: Wedged goes on)
             patience.restore()
