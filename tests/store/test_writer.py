@@ -1005,12 +1005,21 @@ def test_a_writer_silent_while_busy_with_its_storage_is_spared_a_few_looks_and_t
             assert killed == [link.answers]
             killed.clear()
             link.data_received(b"")
+            look(False, 12)
+            look(False, None)  # its calls unreadable at this look: no sign of progress, so hung
+            assert killed == [link.answers]
+            killed.clear()
+            link.data_received(b"")
             look(True, None)
             for _ in range(writer_module._STALL_LOOKS):
                 look(True, None)  # silent, in I/O, look after look
             assert not killed
             look(True, None)  # one look more than it is spared
             assert killed == [link.answers]
+            assert link.stalled
+            writer_module._Link.kill(link)  # the real kill: it is then being replaced, not waited on
+            with pytest.raises(StoreUnavailable, match="restarting"):
+                await store.insert(completion())
         finally:
             try:
                 waiting = link.pending.pop(-1, None)

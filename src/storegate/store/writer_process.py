@@ -44,11 +44,10 @@ FRAME = struct.Struct("<I")  # each message: its length, then its pickle
 
 class Wedged(Exception):
     """The connection is stuck in a transaction: no ROLLBACK, retried, could end it (an I/O error, a
-    disk gone).
-    It would refuse every BEGIN, and keep the write lock from every other process, while it goes on
-    answering (so the server's watchdog never fires). serve answers the batch, then raises this, and
-    the process ends (sqlite_writer.main); the server then fails the writes it had not answered, as
-    after any writer's death, and starts another process, with a fresh connection."""
+    disk gone). It would refuse every BEGIN, and keep the write lock from every other process, while
+    it goes on answering (so the server's watchdog never fires). serve answers the batch, then raises
+    this, and the process ends (sqlite_writer.main); the server then fails the writes it had not
+    answered, as after any writer's death, and starts another process, with a fresh connection."""
 
 
 def commit(conn: sqlite3.Connection, batch: list[tuple[Op, Any]]) -> list[Outcome]:
