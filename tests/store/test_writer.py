@@ -299,11 +299,8 @@ def test_a_transaction_a_failed_rollback_left_open_is_ended_once_its_batch_is_an
         return sqlite3.SQLITE_OK
 
     conn.set_authorizer(deny_one_rollback)
-    frame = {
-        seq: FRAME.pack(len(data)) + data
-        for seq in range(3)
-        if (data := pickle.dumps((seq, "insert", (seq,))))
-    }
+    sent = [pickle.dumps((seq, "insert", (seq,))) for seq in range(3)]
+    frame = [FRAME.pack(len(data)) + data for data in sent]
     ours, theirs = socket.socketpair()
     serving = threading.Thread(target=serve, args=(conn, theirs, lambda name, args: ops[args[0]]))
     try:
@@ -331,8 +328,8 @@ def test_a_transaction_a_failed_rollback_left_open_is_ended_once_its_batch_is_an
         ]
         assert other.execute("SELECT n FROM t ORDER BY n").fetchall() == [(0,), (2,)]
     finally:
+        ours.close()  # (serve, if still waiting for commands, sees the end of them and returns)
         serving.join(30)
-        ours.close()
         theirs.close()
         other.close()
         conn.close()
