@@ -117,6 +117,11 @@ def test_a_failed_group_commit_leaves_nothing_for_the_cycle_collector(tmp_path: 
         conn.close()
 
 
+def _fail(db: sqlite3.Connection) -> None:
+    """A write that fails on its own (its batch is then replayed a write at a time)."""
+    raise sqlite3.IntegrityError("one write's own failure")
+
+
 def _locked_db(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection, list[str]]:
     """A writer's connection (busy_timeout 50 ms, its BEGINs recorded) and another that can take the
     write lock from it."""
@@ -176,10 +181,7 @@ def test_a_replay_that_loses_the_write_lock_fails_the_writes_left_after_one_wait
     conn, holder, begun = _locked_db(tmp_path / "r.db")
     batch = _inserts(4)
 
-    def fail(db: sqlite3.Connection) -> None:
-        raise sqlite3.IntegrityError("one write's own failure")
-
-    batch[2] = (fail, 2)
+    batch[2] = (_fail, 2)
 
     def take_the_lock_at_the_first_replay(sql: str) -> None:
         if sql.startswith("BEGIN"):
@@ -223,10 +225,7 @@ def test_only_a_begin_refused_for_want_of_the_write_lock_counts_as_the_lock_not_
     other.close()
     batch = _inserts(3)
 
-    def fail(db: sqlite3.Connection) -> None:
-        raise sqlite3.IntegrityError("one write's own failure")
-
-    batch[1] = (fail, 1)
+    batch[1] = (_fail, 1)
     try:
         outcomes, lock_not_had = _commit(conn, batch)
         assert [error is None for _, _, error in outcomes] == [True, False, True] and not lock_not_had
@@ -249,10 +248,7 @@ def test_a_connection_no_rollback_can_take_out_of_its_transaction_is_given_up(tm
     conn, other, begun = _locked_db(tmp_path / "w.db")
     ops = dict((key, op) for op, key in _inserts(600))
 
-    def fail(db: sqlite3.Connection) -> None:
-        raise sqlite3.IntegrityError("one write's own failure")
-
-    ops[1] = fail
+    ops[1] = _fail
     sent = [pickle.dumps((seq, "insert", (seq,))) for seq in range(600)]  # two batches: 512 + 88
     ours, theirs = socket.socketpair()
     try:
@@ -286,10 +282,7 @@ def test_a_transaction_a_failed_rollback_left_open_is_ended_once_its_batch_is_an
     conn, other, _ = _locked_db(tmp_path / "o.db")
     ops = dict((key, op) for op, key in _inserts(3))
 
-    def fail(db: sqlite3.Connection) -> None:
-        raise sqlite3.IntegrityError("one write's own failure")
-
-    ops[1] = fail
+    ops[1] = _fail
     refusals = [1]  # ROLLBACK is refused once
 
     def deny_one_rollback(action: int, what: str | None, *rest: object) -> int:
@@ -306,7 +299,7 @@ def test_a_transaction_a_failed_rollback_left_open_is_ended_once_its_batch_is_an
     try:
         serving.start()
         ours.sendall(frame[1])
-        (first,) = _read_messages(ours, 1)
+        (first,) = _messages(ours, 1)
         assert isinstance(first[0][2], sqlite3.IntegrityError) and not refusals
         deadline = time.monotonic() + 30
         while True:  # serve tries its ROLLBACK right after the answer
@@ -333,19 +326,6 @@ def test_a_transaction_a_failed_rollback_left_open_is_ended_once_its_batch_is_an
         theirs.close()
         other.close()
         conn.close()
-
-
-def _read_messages(sock: socket.socket, count: int) -> list[Any]:
-    """The next `count` messages on `sock`, waiting for them."""
-    data = bytearray()
-    while True:
-        messages, used = frames(data)
-        if len(messages) >= count:
-            assert used == len(data)
-            return messages
-        chunk = sock.recv(1 << 20)
-        assert chunk, "the socket closed first"
-        data += chunk
 
 
 # The real writer process (sqlite_writer.main), its connection refusing ROLLBACK.
@@ -444,11 +424,18 @@ def test_writes_queued_behind_a_lock_not_had_wait_for_it_once_not_once_per_read(
         conn.close()
 
 
-def _messages(sock: socket.socket) -> list[Any]:
+def _messages(sock: socket.socket, count: int | None = None) -> list[Any]:
+    """The messages on `sock`: all of them until it closes, or the next `count`, waiting for them."""
     data = bytearray()
-    while chunk := sock.recv(1 << 20):
+    while True:
+        messages, used = frames(data)
+        if count is not None and len(messages) >= count:
+            break
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            assert count is None, "the socket closed first"
+            break
         data += chunk
-    messages, used = frames(data)
     assert used == len(data)
     return messages
 
