@@ -82,7 +82,8 @@ class Settings:
             backends = (BackendConfig(name="default", url=url, key=self.backend_key),)
         else:
             url = _http_url(environ.get("OPENAI_BASE_URL") or OPENAI_URL, "OPENAI_BASE_URL")
-            backends = (BackendConfig(name="default", url=url, key=environ.get("OPENAI_API_KEY")),)
+            key = self.backend_key or environ.get("OPENAI_API_KEY")  # --backend-key wins, as everywhere
+            backends = (BackendConfig(name="default", url=url, key=key),)
         return _replace(self, backends=backends, retention_projects=retention)
 
 
@@ -104,8 +105,11 @@ def from_sources(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Se
         elif env and env in environ:
             values[f.name] = _parse(f.name, f.type, environ[env])
     settings = Settings(**values)
-    if settings.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
-        raise ConfigError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+    # Not OFF: it never syncs, so a power loss or an OS crash can corrupt the file, not only lose the
+    # last commits (NORMAL's risk in WAL mode).
+    if settings.sqlite_synchronous.upper() not in {"NORMAL", "FULL", "EXTRA"}:
+        raise ConfigError("sqlite_synchronous must be FULL, EXTRA or NORMAL (OFF is refused: it can corrupt"
+                          " the file on a power loss)")  # fmt: skip
     if settings.sqlite_cache_mib < 1:
         raise ConfigError("sqlite_cache_mib must be at least 1")
     if settings.event_loop not in EVENT_LOOPS:

@@ -103,7 +103,8 @@ def test_revoked_key_fails_at_once(world: World) -> None:
     assert out.returncode == 0, out.stderr
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.list()
-    assert world.sg.cli("keys", "revoke", world.key_ids[secret]).returncode == 1
+    again = world.sg.cli("keys", "revoke", world.key_ids[secret])
+    assert again.returncode == 1 and "no active key" in again.stderr and again.stdout == ""
 
 
 def test_keys_list_shows_no_secret(world: World) -> None:

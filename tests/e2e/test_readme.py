@@ -28,9 +28,11 @@ def _block(language: str, after: str) -> str:
 def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     with FakeBackend(models=["my-model"]) as fake:
         port = free_port()
-        db = tmp_path_factory.mktemp("readme") / "readme.db"
-        cmd = ["scripts/serve", "--port", str(port), "--db", f"sqlite:///{db}", "--backend", fake.url]
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Run from another directory with a relative --db: the file is made there, not in the repo.
+        here = tmp_path_factory.mktemp("readme")
+        cmd = [str(REPO_ROOT / "scripts/serve"), "--port", str(port), "--db", "sqlite:///readme.db",
+               "--backend", fake.url]  # fmt: skip
+        proc = subprocess.Popen(cmd, cwd=here, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -41,6 +43,7 @@ def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                 except OSError:
                     assert time.monotonic() < deadline, "scripts/serve did not start"
                     time.sleep(0.1)
+            assert (here / "readme.db").is_file() and not (REPO_ROOT / "readme.db").exists()
             yield port
         finally:
             proc.send_signal(signal.SIGTERM)

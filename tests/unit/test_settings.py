@@ -20,6 +20,13 @@ def test_backend_defaults_to_openai_environment() -> None:
     assert s.backends[0].url == "http://127.0.0.1:1/v1" and s.backends[0].key is None
     s = from_sources({"backend_url": "http://h/v1", "backend_key": "k"}, {"OPENAI_API_KEY": "sk-x"})
     assert (s.backends[0].url, s.backends[0].key) == ("http://h/v1", "k")
+    # --backend-key is the key for whichever backend is the default one, OPENAI_BASE_URL's too
+    s = from_sources(
+        {"backend_key": "k"}, {"OPENAI_BASE_URL": "http://127.0.0.1:1/v1", "OPENAI_API_KEY": "sk-x"}
+    )
+    assert (s.backends[0].url, s.backends[0].key) == ("http://127.0.0.1:1/v1", "k")
+    s = from_sources({}, {"STOREGATE_BACKEND_KEY": "k"})
+    assert (s.backends[0].url, s.backends[0].key) == (OPENAI_URL, "k")
 
 
 def test_config_file_backends_and_retention(tmp_path: Path) -> None:
@@ -63,12 +70,18 @@ def test_a_backend_url_that_is_not_http_is_refused(url: str) -> None:
         from_sources({}, {"OPENAI_BASE_URL": url})
 
 
+@pytest.mark.parametrize("value", ["FULL", "extra", "NORMAL"])
+def test_sqlite_synchronous_takes_the_levels_that_sync(value: str) -> None:
+    assert from_sources({}, {"STOREGATE_SQLITE_SYNCHRONOUS": value}).sqlite_synchronous == value
+
+
 def test_a_backend_url_loses_its_trailing_slash() -> None:
     assert from_sources({"backend_url": "http://x:8000/v1/"}, {}).backends[0].url == "http://x:8000/v1"
 
 
 @pytest.mark.parametrize("env", [{"STOREGATE_PORT": "x"}, {"STOREGATE_RETENTION_DAYS": "0"},
-                                 {"STOREGATE_SQLITE_SYNCHRONOUS": "SOMETIMES"}, {"STOREGATE_EVENT_LOOP": "tokio"},
+                                 {"STOREGATE_SQLITE_SYNCHRONOUS": "SOMETIMES"}, {"STOREGATE_SQLITE_SYNCHRONOUS": "off"},
+                                 {"STOREGATE_EVENT_LOOP": "tokio"},
                                  {"STOREGATE_SQLITE_WRITER_HANG_TIMEOUT": "0.5"},
                                  {"STOREGATE_SQLITE_WRITER_HANG_TIMEOUT": "nan"},
                                  {"STOREGATE_SQLITE_WRITER_HANG_TIMEOUT": "inf"}])  # fmt: skip

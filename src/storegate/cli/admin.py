@@ -69,7 +69,7 @@ async def revoke_key(settings: Settings, key_id: str) -> int:
     async with _store(settings) as store:
         done = await store.revoke_key(key_id, int(time.time()))
     if not done:
-        print(f"storegate: no active key {key_id}")
+        print(f"storegate: no active key {key_id}", file=sys.stderr)
         return 1
     print(f"revoked {key_id}")
     return 0

@@ -32,7 +32,7 @@ def _serve_flags(serve: argparse.ArgumentParser) -> None:
     add("--backend-read-timeout", type=float, help="seconds to a backend's first byte and between chunks")
     add("--backend-total-timeout", type=float, help="seconds for a whole backend answer (default: none)")
     add("--max-inflight", type=int, help="creates in flight before new ones get 503 (1000)")
-    add("--sqlite-synchronous", help="SQLite synchronous pragma: FULL (default) or NORMAL")
+    add("--sqlite-synchronous", help="SQLite synchronous pragma: FULL (default), EXTRA or NORMAL")
     add("--sqlite-cache-mib", type=int, help="SQLite page cache per connection, in MiB (64)")
     add(
         "--event-loop",
@@ -102,7 +102,7 @@ def serve(settings: Settings) -> int:
     asyncio.set_event_loop(loop)
     _raise_open_files_limit()
     logging.getLogger("storegate").info(
-        "storegate %s on http://%s:%d, store %s, event loop %s", __version__, settings.host, settings.port,
+        "storegate %s starting: http://%s:%d, store %s, event loop %s", __version__, settings.host, settings.port,
         settings.db.split("@")[-1], settings.event_loop,  # never a password from the URL
     )  # fmt: skip
     app = create_app(settings)
