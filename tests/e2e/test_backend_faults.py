@@ -34,6 +34,7 @@ PRODUCED = {
     "fault-malformed-sse": "echo: one ",
     "fault-error-event": "echo: one ",
     "fault-stall": "echo: one ",
+    "fault-early-end": "echo: one ",  # the message ends cleanly, no [DONE], no choice finished
 }
 
 

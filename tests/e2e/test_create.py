@@ -54,6 +54,17 @@ def test_store_false_is_not_kept_and_body_passes_untouched(client: openai.OpenAI
         client.chat.completions.retrieve(resp.id)
 
 
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63)])
+def test_integers_at_the_64_bit_edges_pass_exactly_when_the_body_is_rewritten(
+    client: openai.OpenAI, fake: FakeBackend, seed: int
+) -> None:
+    fake.clear()  # store and metadata are taken out: the body the backend gets is written anew
+    resp = client.chat.completions.create(model="fake-model", messages=USER, store=True, metadata={"a": "b"},
+                                          seed=seed)  # fmt: skip
+    assert fake.requests()[0]["body"]["seed"] == seed
+    assert client.chat.completions.retrieve(resp.id).model_dump()["seed"] == seed
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -179,6 +190,26 @@ def test_a_client_that_reads_slowly_gets_the_whole_stream(server: Storegate, cli
     content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert len(content) > 12_000_000
     assert client.chat.completions.retrieve(chunks[0]["id"]).choices[0].message.content == content
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_stream_ended_without_done_once_every_choice_finished_is_whole(
+    server: Storegate, client: openai.OpenAI, n: int
+) -> None:
+    """Some servers never send [DONE]: once every choice has its finish_reason, the clean end of the
+    backend's message is the end of the answer. storegate stores it whole and sends [DONE] itself."""
+    args: dict[str, Any] = {"model": "fake-model", "messages": USER, "store": True, "n": n}
+    plain = client.chat.completions.create(**args)
+    with server.http() as h:
+        resp = h.post("/v1/chat/completions", json={**args, "model": "fake-model+no-done", "stream": True})
+    assert resp.status_code == 200
+    datas = [e[6:] for e in resp.content.split(b"\n\n") if e.startswith(b"data: ")]
+    assert datas[-1] == b"[DONE]" and b"error" not in datas[-2]
+    chunk_id = orjson.loads(datas[0])["id"]
+    assert "incomplete_details" not in client.chat.completions.retrieve(chunk_id).model_dump(
+        exclude_unset=True
+    )
+    assert _stored(client, chunk_id) == _stored(client, plain.id)
 
 
 def test_an_http_1_0_client_gets_the_stream_unchunked(server: Storegate) -> None:

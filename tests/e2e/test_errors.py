@@ -136,9 +136,17 @@ def _body(**fields: Any) -> bytes:
         pytest.param(_body(model="fake-model", messages=[USER[0], 7]), "messages*", id="message-int"),
         pytest.param(_body(model=42, messages=USER), "model", id="model-int"),
         pytest.param(_body(model=None, messages=USER), "model", id="model-null"),
+        pytest.param(_body(model="", messages=USER), "model", id="model-empty"),
         pytest.param(_body(model=["fake-model"], messages=USER), "model", id="model-array"),
         pytest.param(_body(model="fake-model", messages=USER, store="true"), "store", id="store-string"),
         pytest.param(_body(model="fake-model", messages=USER, store=1), "store", id="store-int"),
+        # beyond 64 bits: orjson would read it as a float, and a re-written body would change it
+        pytest.param(
+            _body(model="fake-model", messages=USER, store=True, seed=2**64), None, id="int-above-64-bits"
+        ),
+        pytest.param(
+            _body(model="fake-model", messages=USER, seed=-(2**63) - 1), None, id="int-below-64-bits"
+        ),
     ],
 )
 def test_create_rejects_bad_body(
@@ -261,6 +269,9 @@ def test_update_rejects_bad_body(http: httpx.Client, stored_id: str, raw: bytes,
         pytest.param(
             {"metadata[team]": "x" * 513}, "metadata.team", "string_above_max_length", id="513-value"
         ),
+        # a filter in neither form (metadata[k]=v, k=v) must not answer the unfiltered list
+        pytest.param({"metadata": "team"}, "metadata", "invalid_value", id="bare-metadata"),
+        pytest.param({"metadata": "team,a"}, "metadata", "invalid_value", id="unexploded-metadata"),
     ],
 )
 def test_list_rejects_bad_metadata_filter(
@@ -319,6 +330,10 @@ PAGING_ERRORS = [
     pytest.param({"limit": "101"}, "limit", "integer_above_max_value", id="limit-101"),
     pytest.param({"limit": "abc"}, "limit", ANY, id="limit-abc"),
     pytest.param({"limit": ""}, "limit", ANY, id="limit-empty"),
+    pytest.param({"limit": " 2"}, "limit", "invalid_type", id="limit-space"),
+    pytest.param({"limit": "+2"}, "limit", "invalid_type", id="limit-plus"),
+    pytest.param({"limit": "1_0"}, "limit", "invalid_type", id="limit-underscore"),
+    pytest.param({"limit": "²"}, "limit", "invalid_type", id="limit-superscript"),
     pytest.param({"order": "sideways"}, "order", ANY, id="order-sideways"),
     pytest.param({"after": "not-an-id"}, "after", ANY, id="after-not-an-id"),
 ]
@@ -373,6 +388,8 @@ def test_wrong_method_is_405(http: httpx.Client, fake: FakeBackend, method: str,
     with unchanged(http, fake):
         resp = http.request(method, path, json={"model": "fake-model", "messages": USER, "store": True})
         assert_error(resp, 405, code="method_not_supported")
+    allowed = {m.strip() for m in resp.headers["Allow"].split(",")}
+    assert method not in allowed and allowed & {"GET", "POST", "DELETE"}, allowed
 
 
 @pytest.fixture(scope="module")

@@ -300,7 +300,12 @@ async def stream(request: web.Request, plan: Plan) -> web.StreamResponse:
                 await send([b"data: {not json\n\n"])
             if "fault-stall" in d:
                 await asyncio.sleep(LONG_SLEEP)
-        await send([sse(e) for e in heads + bodies + tails] + [b"data: [DONE]\n\n"])
+        if "fault-early-end" in d:  # a clean end of the HTTP message, with no choice finished
+            await send([sse(e) for e in heads + bodies[:2]])
+            await resp.write_eof()
+            return resp
+        done = [] if "no-done" in d else [b"data: [DONE]\n\n"]  # some servers never send [DONE]
+        await send([sse(e) for e in heads + bodies + tails] + done)
         await resp.write_eof()
     except ConnectionError:
         pass  # the client went away; nothing left to do

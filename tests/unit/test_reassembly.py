@@ -90,3 +90,19 @@ def test_a_string_followed_by_a_value_of_another_type_is_replaced_as_before() ->
     r.add(_chunk([{"index": 0, "delta": {"audio": "b"}}]))
     r.add(_chunk([{"index": 0, "delta": {"audio": {"id": "x"}}}]))
     assert r.result("chatcmpl-1", 5, None)["choices"][0]["message"]["audio"] == {"id": "x"}
+
+
+def test_a_backends_own_choice_fields_are_kept_as_its_non_streamed_answer_has_them() -> None:
+    r = Reassembly()  # vLLM: stop_reason null on every chunk, the stop string on the last
+    r.add(_chunk([{"index": 0, "delta": {"role": "assistant", "content": "a"}, "stop_reason": None}]))
+    r.add(_chunk([{"index": 1, "delta": {"role": "assistant", "content": "b"}, "stop_reason": None}]))
+    r.add(_chunk([{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "###"}]))
+    r.add(
+        _chunk([{"index": 0, "delta": {}, "stop_reason": None, "message": "not ours", "finish_reason": None}])
+    )
+    first, second = r.result("chatcmpl-1", 5, None)["choices"]
+    assert first["stop_reason"] == "###" and second["stop_reason"] is None
+    assert first["message"] == {"role": "assistant", "content": "a", "refusal": None}, (
+        "built fields stay ours"
+    )
+    assert set(first) == {"index", "message", "logprobs", "finish_reason", "stop_reason"}

@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 log = logging.getLogger("storegate.access")
 
 
@@ -45,3 +47,21 @@ class AccessLog:
                 data = data[os.write(fd, data) :]
         except OSError:  # stderr closed or full: like logging, drop the lines rather than fail requests
             pass
+
+
+class UnparsedRequests(logging.Filter):
+    """For aiohttp's server logger. A request its HTTP parser refuses (a header line over its limit, a
+    control character in a header) is answered by aiohttp itself, and logged as an error with the
+    parser's exception, whose text quotes the offending line: an Authorization header's key, say.
+    Such a record keeps who sent it and the kind of error, never the text, at WARNING (the fault is
+    the client's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "refused a request aiohttp's parser could not read (%s), from %s"
+            record.args = (type(exc).__name__, record.args[0] if isinstance(record.args, tuple) and record.args
+                           else "?")  # fmt: skip
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

@@ -36,7 +36,10 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> StoregateError:
     if exc.status == 404:
         return NotFound(f"Invalid URL ({where})")
     if exc.status == 405:
-        return MethodNotAllowed(f"Invalid method for URL ({where})", code="method_not_supported")
+        wrong = MethodNotAllowed(f"Invalid method for URL ({where})", code="method_not_supported")
+        if "Allow" in exc.headers:  # the methods the route takes (RFC 9110: a 405 must say them)
+            wrong.headers = {**wrong.headers, "Allow": exc.headers["Allow"]}
+        return wrong
     if exc.status == 413:
         limit = request.app._client_max_size
         return PayloadTooLarge(

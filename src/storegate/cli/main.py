@@ -96,8 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     from aiohttp import web
 
+    from storegate.api.accesslog import UnparsedRequests
     from storegate.app import create_app
 
+    logging.getLogger("aiohttp.server").addFilter(UnparsedRequests())  # never a request's bytes in a log
     loop = _event_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
     _raise_open_files_limit()

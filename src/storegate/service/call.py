@@ -4,6 +4,9 @@ storegate checks only what it relies on (an object with `model` and non-empty `m
 `store`/`metadata`); every other field passes to the backend untouched.
 """
 
+import contextlib
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,20 +55,44 @@ class Call:
         )
 
 
+_NOT_JSON = (
+    "We could not parse the JSON body of your request. The API expects a JSON payload,"
+    " but what was sent was not valid JSON."
+)
+# orjson reads integers from -2**63 to 2**64 - 1 exactly, and any other as the nearest float: a body
+# it re-writes (store and metadata taken out, usage asked for) would change the number. Only a run of
+# 19 digits can be one (2**63 has 19); rare enough to check, when there is one, with a second parse.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_INT_RANGE = range(-(2**63), 2**64)
+
+
 def parse_object(raw: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The API expects a JSON payload,"
-            " but what was sent was not valid JSON."
-        ) from None
+        raise InvalidRequest(_NOT_JSON) from None
+    if _LONG_DIGITS.search(raw):
+        # (What orjson read, the standard library may not, in depth: orjson's verdict stands.)
+        with contextlib.suppress(ValueError, RecursionError):
+            json.loads(raw, parse_int=_exact_int)
     if not isinstance(doc, dict):
         raise InvalidRequest(
             f"Invalid type for the request body: expected an object, but got {json_type(doc)} instead.",
             code="invalid_type",
         )
     return doc
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    if value not in _INT_RANGE:
+        above = value > 0
+        raise InvalidRequest(
+            f"Invalid integer in the request body: {text} is {'above' if above else 'below'} the range"
+            " storegate passes on exactly (-2^63 to 2^64 - 1).",
+            code="integer_above_max_value" if above else "integer_below_min_value",
+        )
+    return value
 
 
 def _expect(doc: dict[str, Any], key: str, kinds: tuple[type, ...], name: str) -> None:
@@ -85,11 +112,18 @@ def _check_shape(doc: dict[str, Any]) -> None:
                 f"Missing required parameter: '{key}'.", param=key, code="missing_required_parameter"
             )
     model = doc["model"]
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str):
         raise InvalidRequest(
-            f"Invalid type for 'model': expected a non-empty string, but got {json_type(model)} instead.",
+            f"Invalid type for 'model': expected a string, but got {json_type(model)} instead.",
             param="model",
             code="invalid_type",
+        )
+    if not model:
+        raise InvalidRequest(
+            "Invalid 'model': empty string. Expected a string with minimum length 1,"
+            " but got an empty string instead.",
+            param="model",
+            code="empty_string",
         )
     messages = doc["messages"]
     if not isinstance(messages, list):

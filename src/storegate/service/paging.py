@@ -15,11 +15,11 @@ def parse_paging(args: Mapping[str, str]) -> tuple[int, Order, str | None]:
     raw = args.get("limit")
     limit = DEFAULT_LIMIT
     if raw is not None:
-        try:
-            limit = int(raw)
-        except ValueError:
+        # Plain digits, with an optional minus: not the spaces, '+' or '_' that int() also takes.
+        if not (raw.removeprefix("-").isascii() and raw.removeprefix("-").isdigit()):
             raise InvalidRequest(f"Invalid 'limit': expected an integer, but got {raw!r} instead.",
-                                 param="limit", code="invalid_type") from None  # fmt: skip
+                                 param="limit", code="invalid_type")  # fmt: skip
+        limit = int(raw)
         if limit < 1:
             raise InvalidRequest(f"Invalid 'limit': integer below minimum value. Expected a value >= 1,"
                                  f" but got {limit} instead.", param="limit", code="integer_below_min_value")  # fmt: skip

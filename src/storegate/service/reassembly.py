@@ -11,6 +11,8 @@ chunk copied the whole text each time, so a stream cost time quadratic in its le
 from typing import Any
 
 _FIRST_WINS = frozenset({"role", "id", "type", "index"})
+_CHOICE_KEYS = frozenset({"index", "delta", "finish_reason", "logprobs"})  # what a chunk's choice merges into
+_BUILT = frozenset({"index", "message", "logprobs", "finish_reason"})  # what a stored choice is built from
 
 
 class Reassembly:
@@ -41,6 +43,7 @@ class Reassembly:
                 "tool_calls": {},
                 "logprobs": None,
                 "finish_reason": None,
+                "other": {},
             }
         delta = choice.get("delta")
         if isinstance(delta, dict):
@@ -56,6 +59,13 @@ class Reassembly:
                   {k: v for k, v in delta.items() if k != "tool_calls"})  # fmt: skip
         if choice.get("finish_reason") is not None:
             state["finish_reason"] = choice["finish_reason"]
+        if len(choice) > len(_CHOICE_KEYS.intersection(choice)):
+            # A backend's own choice fields (vLLM's stop_reason), as its non-streamed answer has them:
+            # the last value given, null only if none other came.
+            other = state["other"]
+            for key, value in choice.items():
+                if key not in _CHOICE_KEYS and (value is not None or key not in other):
+                    other[key] = value
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict):
             if state["logprobs"] is None:
@@ -97,7 +107,8 @@ class Reassembly:
         if finish is None:
             # The spec requires one of its reasons: a cut-short choice reads as truncated output.
             finish = "length" if incomplete else "stop"
-        return {"index": index, "message": message, "logprobs": state["logprobs"], "finish_reason": finish}
+        return {"index": index, "message": message, "logprobs": state["logprobs"], "finish_reason": finish,
+                **{k: v for k, v in state["other"].items() if k not in _BUILT}}  # fmt: skip
 
 
 class _Text(list[str]):

@@ -62,6 +62,8 @@ class ChatStream:
         self._persisting: asyncio.Task[None] | None = None
         self._done = False
         self._client_gone = False
+        self._choices: set[int] = set()  # the indexes of the choices the backend sent
+        self._finished: set[int] = set()  # those it gave a finish_reason
         self._draining: asyncio.Task[None] | None = None
         # Why the stream ended in an error event, for the access log (its status stays 200): our own
         # message, never a backend's words, which could echo what the client sent.
@@ -102,8 +104,11 @@ class ChatStream:
             response.close(DONE_GRACE if self._done and not self._client_gone else 0.0)
         if self._client_gone:
             raise ConnectionResetError("the client left mid-stream")
-        if failure is None and not self._done:
-            failure = BackendFailed(f"backend {self._call.backend.name!r} ended the stream without [DONE]")
+        if failure is None and not self._done and not (self._choices and self._choices <= self._finished):
+            # A clean end without [DONE] after every choice finished is the whole answer (some servers
+            # never send it; the SDKs end the stream either way); with a choice unfinished, a cut.
+            failure = BackendFailed(f"backend {self._call.backend.name!r} ended the stream without [DONE]"
+                                    " before every choice finished")  # fmt: skip
         if failure is not None:
             self.failure_reason = _reason(failure)
             await self._persist_quietly(
@@ -155,6 +160,13 @@ class ChatStream:
             raise BackendStreamError(scrubbed)
         if self._backend_id is None:
             self._backend_id = chunk.get("id")
+        for choice in chunk.get("choices") or ():
+            if isinstance(choice, dict):
+                index = choice.get("index")
+                index = index if isinstance(index, int) else 0  # as the reassembly counts it
+                self._choices.add(index)
+                if choice.get("finish_reason") is not None:
+                    self._finished.add(index)
         chunk["id"] = call.id
         chunk["created"] = call.created
         if call.store:
