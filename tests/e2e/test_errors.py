@@ -272,11 +272,12 @@ def test_update_rejects_bad_body(http: httpx.Client, stored_id: str, raw: bytes,
         # a filter in neither form (metadata[k]=v, k=v) must not answer the unfiltered list
         pytest.param({"metadata": "team"}, "metadata", "invalid_value", id="bare-metadata"),
         pytest.param({"metadata": "team,a"}, "metadata", "invalid_value", id="unexploded-metadata"),
+        pytest.param(
+            [("metadata", "team"), ("metadata", "")], "metadata", "invalid_value", id="metadata-twice"
+        ),
     ],
 )
-def test_list_rejects_bad_metadata_filter(
-    http: httpx.Client, params: dict[str, str], param: str, code: str
-) -> None:
+def test_list_rejects_bad_metadata_filter(http: httpx.Client, params: Any, param: str, code: str) -> None:
     resp = http.get("/v1/chat/completions", params=params)
     assert_error(resp, 400, param=param, code=code, type_="invalid_request_error")
 
@@ -334,6 +335,7 @@ PAGING_ERRORS = [
     pytest.param({"limit": "+2"}, "limit", "invalid_type", id="limit-plus"),
     pytest.param({"limit": "1_0"}, "limit", "invalid_type", id="limit-underscore"),
     pytest.param({"limit": "²"}, "limit", "invalid_type", id="limit-superscript"),
+    pytest.param({"limit": "1" * 5000}, "limit", "integer_above_max_value", id="limit-5000-digits"),
     pytest.param({"order": "sideways"}, "order", ANY, id="order-sideways"),
     pytest.param({"after": "not-an-id"}, "after", ANY, id="after-not-an-id"),
 ]

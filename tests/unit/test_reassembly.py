@@ -106,3 +106,12 @@ def test_a_backends_own_choice_fields_are_kept_as_its_non_streamed_answer_has_th
         "built fields stay ours"
     )
     assert set(first) == {"index", "message", "logprobs", "finish_reason", "stop_reason"}
+
+
+def test_a_choice_field_given_as_a_list_per_chunk_adds_up_and_odd_choices_are_skipped() -> None:
+    r = Reassembly()  # vLLM's token_ids: each chunk's own tokens
+    r.add(_chunk([{"index": 0, "delta": {"role": "assistant", "content": "a"}, "token_ids": [1]}]))
+    r.add(_chunk(5))  # type: ignore[arg-type]  # a backend's malformed choices: nothing to merge
+    r.add(_chunk([{"index": 0, "delta": {"content": "bc"}, "token_ids": [2, 3]}]))
+    r.add(_chunk([{"index": 0, "delta": {}, "finish_reason": "stop", "token_ids": []}]))
+    assert r.result("chatcmpl-1", 5, None)["choices"][0]["token_ids"] == [1, 2, 3]

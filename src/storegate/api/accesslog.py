@@ -53,8 +53,8 @@ class UnparsedRequests(logging.Filter):
     """For aiohttp's server logger. A request its HTTP parser refuses (a header line over its limit, a
     control character in a header) is answered by aiohttp itself, and logged as an error with the
     parser's exception, whose text quotes the offending line: an Authorization header's key, say.
-    Such a record keeps who sent it and the kind of error, never the text, at WARNING (the fault is
-    the client's)."""
+    Such a record keeps who sent it and the kind of error, never the text, at WARNING at most (the
+    fault is the client's)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -63,5 +63,6 @@ class UnparsedRequests(logging.Filter):
             record.args = (type(exc).__name__, record.args[0] if isinstance(record.args, tuple) and record.args
                            else "?")  # fmt: skip
             record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.levelno = min(record.levelno, logging.WARNING)  # (aiohttp's DEBUG ones stay DEBUG)
+            record.levelname = logging.getLevelName(record.levelno)
         return True

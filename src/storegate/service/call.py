@@ -61,8 +61,9 @@ _NOT_JSON = (
 )
 # orjson reads integers from -2**63 to 2**64 - 1 exactly, and any other as the nearest float: a body
 # it re-writes (store and metadata taken out, usage asked for) would change the number. Only a run of
-# 19 digits can be one (2**63 has 19); rare enough to check, when there is one, with a second parse.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# 19 digits can be one (2**63 has 19); only when such a run is out of range (it may be inside a
+# string) does a second parse look at the body's numbers.
+_LONG_DIGITS = re.compile(rb"-?[0-9]{19,}")
 _INT_RANGE = range(-(2**63), 2**64)
 
 
@@ -71,7 +72,7 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest(_NOT_JSON) from None
-    if _LONG_DIGITS.search(raw):
+    if any(int(m) not in _INT_RANGE for m in _LONG_DIGITS.findall(raw)):  # (maybe in a string: parse)
         # (What orjson read, the standard library may not, in depth: orjson's verdict stands.)
         with contextlib.suppress(ValueError, RecursionError):
             json.loads(raw, parse_int=_exact_int)

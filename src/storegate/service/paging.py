@@ -19,7 +19,7 @@ def parse_paging(args: Mapping[str, str]) -> tuple[int, Order, str | None]:
         if not (raw.removeprefix("-").isascii() and raw.removeprefix("-").isdigit()):
             raise InvalidRequest(f"Invalid 'limit': expected an integer, but got {raw!r} instead.",
                                  param="limit", code="invalid_type")  # fmt: skip
-        limit = int(raw)
+        limit = int(raw) if len(raw) <= 6 else MAX_LIMIT + 1  # (int() refuses over 4300 digits)
         if limit < 1:
             raise InvalidRequest(f"Invalid 'limit': integer below minimum value. Expected a value >= 1,"
                                  f" but got {limit} instead.", param="limit", code="integer_below_min_value")  # fmt: skip

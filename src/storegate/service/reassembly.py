@@ -29,7 +29,8 @@ class Reassembly:
                 self._top[key] = chunk[key]
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if isinstance(choice, dict):
                 self._add_choice(choice)
 
@@ -61,10 +62,14 @@ class Reassembly:
             state["finish_reason"] = choice["finish_reason"]
         if len(choice) > len(_CHOICE_KEYS.intersection(choice)):
             # A backend's own choice fields (vLLM's stop_reason), as its non-streamed answer has them:
-            # the last value given, null only if none other came.
+            # the last value given (lists joined in order), null only if none other came.
             other = state["other"]
             for key, value in choice.items():
-                if key not in _CHOICE_KEYS and (value is not None or key not in other):
+                if key in _CHOICE_KEYS or (value is None and key in other):
+                    continue
+                if isinstance(value, list) and isinstance(other.get(key), list):
+                    other[key] = other[key] + value  # per-chunk lists (vLLM's token_ids) add up
+                else:
                     other[key] = value
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict):

@@ -25,7 +25,9 @@ class StoredCompletions:
 
     async def list(self, project: str, params: Params) -> bytes:
         args = dict(params)
-        if args.get("metadata"):  # neither form below: ignoring it would answer an unfiltered list
+        if any(
+            key == "metadata" and value for key, value in params
+        ):  # neither form below: ignoring it would answer an unfiltered list
             raise InvalidRequest("Invalid 'metadata': filter with metadata[<key>]=<value>, one parameter per key.",
                                  param="metadata", code="invalid_value")  # fmt: skip
         limit, order, after = parse_paging(args)

@@ -160,7 +160,8 @@ class ChatStream:
             raise BackendStreamError(scrubbed)
         if self._backend_id is None:
             self._backend_id = chunk.get("id")
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if isinstance(choice, dict):
                 index = choice.get("index")
                 index = index if isinstance(index, int) else 0  # as the reassembly counts it
