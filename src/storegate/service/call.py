@@ -62,7 +62,11 @@ _NOT_JSON = (
 # orjson reads integers from -2**63 to 2**64 - 1 exactly, and any other as the nearest float: a body
 # it re-writes (store and metadata taken out, usage asked for) would change the number. Only a run of
 # 19 digits can be one (2**63 has 19); only when such a run is out of range (it may be inside a
-# string) does a second parse look at the body's numbers.
+# string) does a second parse look at the body's numbers. The runs are looked for in C first (every
+# digit made '0', everything else ' ': ~1 us for a 1.5 KB body, 0.8 ms a MB), since the regex alone
+# took ~10-19 us for 1.5 KB and ~10 ms a MB.
+_DIGITS_AS_ZEROS = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))
+_RUN = b"0" * 19
 _LONG_DIGITS = re.compile(rb"-?[0-9]{19,}")
 _INT_RANGE = range(-(2**63), 2**64)
 
@@ -72,7 +76,9 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest(_NOT_JSON) from None
-    if any(int(m) not in _INT_RANGE for m in _LONG_DIGITS.findall(raw)):  # (maybe in a string: parse)
+    if _RUN in raw.translate(_DIGITS_AS_ZEROS) and any(
+        int(m) not in _INT_RANGE for m in _LONG_DIGITS.findall(raw)
+    ):  # (a run may be inside a string: the parse tells)
         # (What orjson read, the standard library may not, in depth: orjson's verdict stands.)
         with contextlib.suppress(ValueError, RecursionError):
             json.loads(raw, parse_int=_exact_int)

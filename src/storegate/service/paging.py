@@ -16,7 +16,8 @@ def parse_paging(args: Mapping[str, str]) -> tuple[int, Order, str | None]:
     limit = DEFAULT_LIMIT
     if raw is not None:
         # Plain digits, with an optional minus: not the spaces, '+' or '_' that int() also takes.
-        if not (raw.removeprefix("-").isascii() and raw.removeprefix("-").isdigit()):
+        digits = raw.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit()):
             raise InvalidRequest(f"Invalid 'limit': expected an integer, but got {raw!r} instead.",
                                  param="limit", code="invalid_type")  # fmt: skip
         limit = int(raw) if len(raw) <= 6 else MAX_LIMIT + 1  # (int() refuses over 4300 digits)

@@ -8,11 +8,21 @@ chunk copied the whole text each time, so a stream cost time quadratic in its le
 100,000 four-character chunks took 879 ms on the event loop).
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 _FIRST_WINS = frozenset({"role", "id", "type", "index"})
 _CHOICE_KEYS = frozenset({"index", "delta", "finish_reason", "logprobs"})  # what a chunk's choice merges into
 _BUILT = frozenset({"index", "message", "logprobs", "finish_reason"})  # what a stored choice is built from
+
+
+def chunk_choices(chunk: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A chunk's choices that are objects, with their index (0 when a backend gives none usable)."""
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict):
+            index = choice.get("index")
+            yield (index if isinstance(index, int) else 0), choice
 
 
 class Reassembly:
@@ -29,14 +39,10 @@ class Reassembly:
                 self._top[key] = chunk[key]
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
-        choices = chunk.get("choices")
-        for choice in choices if isinstance(choices, list) else ():
-            if isinstance(choice, dict):
-                self._add_choice(choice)
+        for index, choice in chunk_choices(chunk):
+            self._add_choice(index, choice)
 
-    def _add_choice(self, choice: dict[str, Any]) -> None:
-        index = choice.get("index")
-        index = index if isinstance(index, int) else 0
+    def _add_choice(self, index: int, choice: dict[str, Any]) -> None:
         state = self._choices.get(index)
         if state is None:
             state = self._choices[index] = {

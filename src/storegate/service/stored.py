@@ -25,9 +25,8 @@ class StoredCompletions:
 
     async def list(self, project: str, params: Params) -> bytes:
         args = dict(params)
-        if any(
-            key == "metadata" and value for key, value in params
-        ):  # neither form below: ignoring it would answer an unfiltered list
+        # A bare metadata=..., neither form metadata_filters reads: ignoring it would answer an unfiltered list.
+        if any(key == "metadata" and value for key, value in params):
             raise InvalidRequest("Invalid 'metadata': filter with metadata[<key>]=<value>, one parameter per key.",
                                  param="metadata", code="invalid_value")  # fmt: skip
         limit, order, after = parse_paging(args)

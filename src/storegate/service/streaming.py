@@ -15,7 +15,7 @@ import orjson
 from storegate.backends.stream import Response
 from storegate.errors import BackendFailed, BackendTimeout, StoregateError
 from storegate.service.call import Call
-from storegate.service.reassembly import Reassembly
+from storegate.service.reassembly import Reassembly, chunk_choices
 from storegate.store import Store
 
 log = logging.getLogger("storegate.stream")
@@ -160,14 +160,10 @@ class ChatStream:
             raise BackendStreamError(scrubbed)
         if self._backend_id is None:
             self._backend_id = chunk.get("id")
-        choices = chunk.get("choices")
-        for choice in choices if isinstance(choices, list) else ():
-            if isinstance(choice, dict):
-                index = choice.get("index")
-                index = index if isinstance(index, int) else 0  # as the reassembly counts it
-                self._choices.add(index)
-                if choice.get("finish_reason") is not None:
-                    self._finished.add(index)
+        for index, choice in chunk_choices(chunk):  # (stored or not: whether the answer was whole)
+            self._choices.add(index)
+            if choice.get("finish_reason") is not None:
+                self._finished.add(index)
         chunk["id"] = call.id
         chunk["created"] = call.created
         if call.store:
